@@ -49,7 +49,7 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
-class UnknownModel(KeyError):
+class UnknownModel(ValueError):
     pass
 
 

@@ -1,0 +1,105 @@
+"""The component contract.
+
+A component is a pure function of (inputs, params) -> outputs:
+
+    def run(ctx: Context, inputs: dict[str, Path], params: Params) -> dict | None
+
+* ``inputs`` maps each declared input name to an artifact folder produced by another
+  component (or given by hand with ``python -m pipeline component``).
+* ``params`` is the component's pydantic model, validated before anything runs.
+* The function writes each declared output into ``ctx.outputs[name]`` (folders that exist and
+  are empty). It must not write anywhere else: the runner writes those folders under a
+  temporary name and renames them into place only when ``run`` returns, so a failure or a
+  kill never leaves a half artifact.
+* What it returns (a flat dict of numbers) is logged as the execution's summary metrics.
+
+A component module must import no TensorFlow, Beam or MLflow at module level: the runner imports
+every spec to validate `pipeline.yaml` and `python -m pipeline --help` must stay fast.
+Heavy imports go inside ``run``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Params(BaseModel):
+    """Base for component params: unknown keys are errors (a typo must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ComponentError(Exception):
+    """A failure the user can act on (bad data, failed validation): shown without a traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentSpec:
+    type: str
+    description: str
+    params: type[Params]
+    run: Callable[..., Any]
+    inputs: dict[str, bool] = dataclasses.field(default_factory=dict)  # name -> required
+    outputs: tuple[str, ...] = ()
+    # Extra project modules the code fingerprint must include for these params (modules chosen
+    # by name at run time, e.g. the model builder the Trainer imports through the registry).
+    code_dependencies: Callable[[Any], list[str]] | None = None
+    # Files outside the artifact store that the result depends on (raw data for ExampleGen).
+    external_files: Callable[[Any], list[str]] | None = None
+
+
+class Tracker(Protocol):
+    """What a component may log. The runner passes an MLflow-backed tracker; standalone runs
+    and tests get ``NullTracker``."""
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+
+class NullTracker:
+    def log_params(self, params):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_artifact(self, path, artifact_path=None):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+
+@dataclasses.dataclass
+class Context:
+    outputs: dict[str, Path]
+    work_dir: Path  # scratch space that survives a kill (checkpoints), keyed by the cache key
+    logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("component"))
+    tracker: Tracker = dataclasses.field(default_factory=NullTracker)
+    beam_args: list[str] = dataclasses.field(default_factory=lambda: ["--runner=FnApiRunner"])
+    tracking_uri: str = "sqlite:///mlflow.db"
+    pipeline_run_id: str | None = None
+    cache_key: str | None = None
+    component_id: str = "component"
+    show_progress: bool = True
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        """A progress bar for long loops that Keras does not already show: yields advance(n)."""
+        if not self.show_progress:
+            yield lambda n=1: None
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)

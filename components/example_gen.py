@@ -1,0 +1,305 @@
+"""ExampleGen: raw data -> `examples` (sharded TFRecords of `tf.train.Example` per split), with
+Apache Beam.
+
+* Reads any format of `components/sources.py` (course h5, image folders, synthetic, VOC, COCO,
+  identity folders) record by record inside a DoFn (only small refs go through `beam.Create`).
+* Converts every image to RGB uint8 at `image_size`; an unreadable record goes to the error
+  report with its key and reason. The component fails, writing nothing, when the bad fraction
+  exceeds `max_bad_fraction`.
+* Splits deterministically by hashing (the content by default, so byte-identical images always
+  land in the same split), or keeps the dataset's own splits (`split_map`).
+* Finds byte-identical images (sha256 of the decoded pixels) and reports the groups that cross
+  splits (leaks); `duplicates` decides whether to only report them or drop the copies outside
+  train.
+
+Output folder: `<split>/data-SSSSS-of-NNNNN.tfrecord`, `schema.json` (task, classes, image size,
+counts), `error_report.json`, `duplicates.json`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from components.base import ComponentError, ComponentSpec, Params
+
+SPLIT_ORDER = {"train": 0, "eval": 1, "test": 2}
+
+
+class Source(Params):
+    format: str = "synthetic_signs"
+    path: str | list[str] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self):
+        from components.sources import check_options
+
+        check_options(self.format, self.options)
+        return self
+
+    def resolve_paths(self, base_dir) -> None:
+        """Relative paths in pipeline.yaml are relative to the file, not to the shell's folder."""
+        from pathlib import Path
+
+        def fix(p: str) -> str:
+            q = Path(p).expanduser()
+            return str(q if q.is_absolute() else (Path(base_dir) / q).resolve())
+
+        if isinstance(self.path, str):
+            self.path = fix(self.path)
+        elif isinstance(self.path, list):
+            self.path = [fix(p) for p in self.path]
+
+
+class ExampleGenParams(Params):
+    source: Source = Field(default_factory=Source)
+    image_size: tuple[int, int] = (64, 64)  # (height, width)
+    split_ratios: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "eval": 0.2})
+    # The dataset's own split name -> our split, or -> ratios to re-split it (e.g. val -> train/eval).
+    split_map: dict[str, str | dict[str, float]] = Field(default_factory=dict)
+    split_by: Literal["content", "key", "identity"] = "content"
+    split_salt: str = ""
+    duplicates: Literal["report", "drop_leaks", "drop_all"] = "report"
+    max_bad_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    num_shards: int = Field(1, ge=1)
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios(cls, v):
+        if not v or abs(sum(v.values()) - 1.0) > 1e-6 or any(r < 0 for r in v.values()):
+            raise ValueError(f"split ratios must be non-negative and sum to 1, got {v}")
+        return v
+
+    @field_validator("split_map")
+    @classmethod
+    def _map(cls, v):
+        for name, target in v.items():
+            if isinstance(target, dict) and abs(sum(target.values()) - 1.0) > 1e-6:
+                raise ValueError(f"split_map.{name}: ratios must sum to 1, got {target}")
+        return v
+
+    def resolve_paths(self, base_dir) -> None:
+        self.source.resolve_paths(base_dir)
+
+    def split_names(self) -> list[str]:
+        names = set()
+        if self.split_map:
+            for t in self.split_map.values():
+                names.update([t] if isinstance(t, str) else t.keys())
+        else:
+            names.update(self.split_ratios)
+        return sorted(names, key=lambda s: (SPLIT_ORDER.get(s, 9), s))
+
+
+def _ratio_pick(ratios: dict[str, float], token: str, salt: str) -> str:
+    """Deterministic hash split: the same token always gets the same split on any machine."""
+    u = int(hashlib.sha256(f"{salt}/{token}".encode()).hexdigest()[:15], 16) / float(1 << 60)
+    acc = 0.0
+    items = sorted(ratios.items(), key=lambda kv: (SPLIT_ORDER.get(kv[0], 9), kv[0]))
+    for name, r in items:
+        acc += r
+        if u < acc:
+            return name
+    return items[-1][0]
+
+
+def assign_split(params: ExampleGenParams, own_split: str | None, key: str, sha: str, identity: str | None) -> str | None:
+    token = {"content": sha, "key": key, "identity": identity or key}[params.split_by]
+    if params.split_map:
+        if own_split not in params.split_map:
+            return None
+        target = params.split_map[own_split]
+        return target if isinstance(target, str) else _ratio_pick(target, token, params.split_salt)
+    return _ratio_pick(params.split_ratios, token, params.split_salt)
+
+
+class _LoadDoFn:
+    """Beam DoFn body (wrapped below so this module needs no Beam import at load time)."""
+
+    def __init__(self, loader, params_json: str, classes: list[str]):
+        self.loader, self.params_json, self.classes = loader, params_json, classes
+
+    def process(self, ref):
+        import numpy as np
+        from PIL import Image
+
+        from data.records import BadRecord
+        from data.tfrecord import encode_example
+
+        params = ExampleGenParams.model_validate_json(self.params_json)
+        try:
+            rec = self.loader(ref)
+        except BadRecord as e:
+            yield "bad", {"key": e.key, "reason": e.reason}
+            return
+        except Exception as e:  # a reader bug must not lose the record silently either
+            yield "bad", {"key": ref.key, "reason": f"{type(e).__name__}: {e}"}
+            return
+        img = rec.image
+        sha = hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
+        h, w = params.image_size
+        oh, ow = img.shape[:2]
+        if (oh, ow) != (h, w):
+            img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+        boxes = None
+        if rec.boxes is not None:
+            b = np.asarray(rec.boxes, dtype=np.float32).reshape(-1, 4)
+            boxes = b / np.array([ow, oh, ow, oh], dtype=np.float32)
+        for issue in rec.meta.get("box_issues", []):
+            yield "issue", {"key": rec.key, "reason": str(issue)}
+        split = assign_split(params, rec.split or ref.split, rec.key, sha, rec.identity)
+        if split is None:
+            yield "bad", {"key": rec.key, "reason": f"dataset split {rec.split or ref.split!r} is not in split_map"}
+            return
+        label = rec.label
+        example = encode_example(img, rec.key, sha, label=label, label_name=rec.label_name, identity=rec.identity,
+                                 boxes_norm=boxes, box_labels=rec.box_labels, box_names=rec.box_names)
+        yield "ok", (sha, {"split": split, "key": rec.key, "label": label, "example": example,
+                           "size": [oh, ow], "boxes": 0 if boxes is None else int(len(boxes))})
+
+
+def _resolve_duplicates(policy: str):
+    def fn(kv):
+        sha, recs = kv
+        recs = sorted(recs, key=lambda r: (SPLIT_ORDER.get(r["split"], 9), r["key"]))
+        splits = sorted({r["split"] for r in recs})
+        if len(recs) > 1:
+            yield "dup", {"sha256": sha, "keys": [r["key"] for r in recs], "splits": [r["split"] for r in recs],
+                          "leak": len(splits) > 1}
+        keep = recs
+        if policy == "drop_all" and len(recs) > 1:
+            keep = recs[:1]
+        elif policy == "drop_leaks" and len(splits) > 1:
+            first = recs[0]["split"]  # train before eval before test: train keeps its copies
+            keep = [r for r in recs if r["split"] == first]
+        for r in recs:
+            if r not in keep:
+                yield "dropped", {"key": r["key"], "split": r["split"], "sha256": sha}
+        for r in keep:
+            yield "keep", r
+    return fn
+
+
+def run(ctx, inputs, params: ExampleGenParams):
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from components.sources import open_source
+
+    out = ctx.outputs["examples"]
+    try:
+        info = open_source(params.source.format, params.source.path, params.source.options)
+    except (FileNotFoundError, ValueError) as e:
+        raise ComponentError(f"ExampleGen: {e}") from None
+    if not info.refs:
+        raise ComponentError(f"ExampleGen: no records found in {params.source.path or params.source.format}")
+    for w in info.warnings:
+        ctx.logger.warning(w)
+    splits = params.split_names()
+    ctx.logger.info("%d records (%s), %d classes -> splits %s", len(info.refs), params.source.format,
+                    len(info.classes), splits)
+    scratch = out / ".beam"
+    scratch.mkdir()
+
+    class LoadDoFn(beam.DoFn):
+        def __init__(self, body):
+            self.body = body
+
+        def process(self, ref):
+            for tag, value in self.body.process(ref):
+                yield beam.pvalue.TaggedOutput(tag, value) if tag != "ok" else value
+
+    class Resolve(beam.DoFn):
+        def __init__(self, policy):
+            self.fn = _resolve_duplicates(policy)
+
+        def process(self, kv):
+            for tag, value in self.fn(kv):
+                yield beam.pvalue.TaggedOutput(tag, value) if tag != "keep" else value
+
+    body = _LoadDoFn(info.loader, params.model_dump_json(), info.classes)
+    opts = PipelineOptions(ctx.beam_args)
+    with beam.Pipeline(options=opts) as p:
+        loaded = (p | "Refs" >> beam.Create(info.refs, reshuffle=False)
+                  | "Load" >> beam.ParDo(LoadDoFn(body)).with_outputs("bad", "issue", main="ok"))
+        resolved = (loaded.ok | "BySha" >> beam.GroupByKey()
+                    | "Dedup" >> beam.ParDo(Resolve(params.duplicates)).with_outputs("dup", "dropped", main="keep"))
+        for tag, coll in (("bad", loaded.bad), ("issues", loaded.issue), ("dups", resolved.dup),
+                          ("dropped", resolved.dropped)):
+            (coll | f"Json{tag}" >> beam.Map(json.dumps)
+             | f"Write{tag}" >> beam.io.WriteToText(str(scratch / tag), file_name_suffix=".jsonl"))
+        (resolved.keep | "Summary" >> beam.Map(lambda r: json.dumps({"split": r["split"], "label": r["label"],
+                                                                      "size": r["size"], "boxes": r["boxes"]}))
+         | "WriteSummary" >> beam.io.WriteToText(str(scratch / "summary"), file_name_suffix=".jsonl"))
+        parts = resolved.keep | "BySplit" >> beam.Partition(lambda r, n: splits.index(r["split"]), len(splits))
+        for i, split in enumerate(splits):
+            (parts[i] | f"Ex{split}" >> beam.Map(lambda r: r["example"])
+             | f"Write{split}" >> beam.io.WriteToTFRecord(str(out / split / "data"), file_name_suffix=".tfrecord",
+                                                          num_shards=params.num_shards))
+
+    def read(tag):
+        rows = []
+        for f in sorted(scratch.glob(f"{tag}*.jsonl")):
+            rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        return rows
+
+    bad, issues, dups, dropped, summary = (read(t) for t in ("bad", "issues", "dups", "dropped", "summary"))
+    import shutil
+
+    shutil.rmtree(scratch)
+    bad.sort(key=lambda r: r["key"])
+    bad_fraction = len(bad) / len(info.refs)
+    report = {"total_records": len(info.refs), "bad_records": len(bad), "bad_fraction": bad_fraction,
+              "max_bad_fraction": params.max_bad_fraction, "bad": bad, "box_issues": issues,
+              "warnings": info.warnings}
+    for r in bad[:20]:
+        ctx.logger.warning("bad record %s: %s", r["key"], r["reason"])
+    if bad_fraction > params.max_bad_fraction:
+        shown = "\n".join(f"  {r['key']}: {r['reason']}" for r in bad[:10])
+        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ComponentError(f"ExampleGen: {len(bad)} of {len(info.refs)} records are unusable "
+                             f"({bad_fraction:.1%} > max_bad_fraction {params.max_bad_fraction:.1%}):\n{shown}{more}")
+    leaks = [d for d in dups if d["leak"]]
+    counts: dict[str, int] = {s: 0 for s in splits}
+    per_class: dict[str, dict[str, int]] = {s: {} for s in splits}
+    for r in summary:
+        counts[r["split"]] += 1
+        if r["label"] is not None:
+            name = info.classes[r["label"]] if 0 <= r["label"] < len(info.classes) else str(r["label"])
+            per_class[r["split"]][name] = per_class[r["split"]].get(name, 0) + 1
+    schema = {"task": info.task, "format": params.source.format, "classes": info.classes,
+              "num_classes": len(info.classes), "image_size": list(params.image_size), "splits": counts,
+              "per_class": per_class}
+    (out / "schema.json").write_text(json.dumps(schema, indent=2))
+    (out / "error_report.json").write_text(json.dumps(report, indent=2))
+    (out / "duplicates.json").write_text(json.dumps({"policy": params.duplicates, "groups": dups,
+                                                      "leaks": leaks, "dropped": dropped}, indent=2))
+    ctx.logger.info("wrote %s; %d duplicate groups (%d across splits), %d dropped, %d bad records",
+                    ", ".join(f"{s}={n}" for s, n in counts.items()), len(dups), len(leaks), len(dropped), len(bad))
+    ctx.tracker.log_artifact(out / "schema.json")
+    ctx.tracker.log_artifact(out / "error_report.json")
+    ctx.tracker.log_artifact(out / "duplicates.json")
+    return {"records": len(info.refs), "bad_records": len(bad), "duplicate_groups": len(dups),
+            "leak_groups": len(leaks), "dropped_duplicates": len(dropped),
+            **{f"examples_{s}": n for s, n in counts.items()}}
+
+
+def _external(params: ExampleGenParams) -> list[str]:
+    p = params.source.path
+    return [] if p is None else ([p] if isinstance(p, str) else list(p))
+
+
+SPEC = ComponentSpec(
+    type="ExampleGen",
+    description="raw images -> sharded TFRecords per split, with duplicate/leak detection and an error report",
+    params=ExampleGenParams,
+    run=run,
+    inputs={},
+    outputs=("examples",),
+    code_dependencies=lambda p: [__import__("components.sources", fromlist=["FORMATS"]).FORMATS[p.source.format][0]],
+    external_files=_external,
+)

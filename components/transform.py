@@ -1,0 +1,44 @@
+"""Transform: examples + statistics -> `transform`: the preprocessing the Trainer puts inside the
+model (rescale; normalise with the training split's per-channel mean/std; augmentation active
+only in training). Saved as `transform.json` (read by the Trainer) and as `preprocessor.keras`
+(the same layers, loadable on their own for inspection)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from components.base import ComponentSpec, Params
+
+
+class TransformParams(Params):
+    normalize: bool = True
+    # Keys of models.augmentation.build_augmentation (None: no augmentation). Hand signs: no
+    # horizontal flip by default, a flipped hand can mean something else.
+    augmentation: dict[str, Any] | None = None
+
+
+def run(ctx, inputs, params: TransformParams):
+    stats = json.loads((Path(inputs["statistics"]) / "statistics.json").read_text())
+    schema = json.loads((Path(inputs["examples"]) / "schema.json").read_text())
+    config = {"image_size": schema["image_size"], "normalize": params.normalize,
+              "mean": stats["train_mean"], "std": stats["train_std"], "augmentation": params.augmentation,
+              "classes": schema["classes"], "task": schema["task"]}
+    if params.augmentation:
+        from models.augmentation import build_augmentation
+
+        build_augmentation(params.augmentation, (*schema["image_size"], 3))  # fail now on a bad key
+    out = ctx.outputs["transform"]
+    (out / "transform.json").write_text(json.dumps(config, indent=2))
+    from models.preprocessing import build_preprocessor
+
+    build_preprocessor(config).save(out / "preprocessor.keras")
+    ctx.tracker.log_artifact(out / "transform.json")
+    ctx.logger.info("preprocessing: rescale 1/255%s%s", ", normalise mean/std" if params.normalize else "",
+                    f", augmentation {params.augmentation}" if params.augmentation else "")
+    return {}
+
+
+SPEC = ComponentSpec(type="Transform", description="statistics -> preprocessing layers saved inside the model",
+                     params=TransformParams, run=run, inputs={"examples": True, "statistics": True},
+                     outputs=("transform",), code_dependencies=lambda p: ["models.preprocessing", "models.augmentation"])

@@ -1,0 +1,294 @@
+"""`python -m pipeline ...`: run the pipeline or parts of it, run one component by hand, list
+executions, open the MLflow UI, and the course's commands (predict, explain, ...).
+
+Imports here are kept light (click, rich, pydantic): `--help` must not import TensorFlow."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+def _fail(msg: str, code: int = 1):
+    click.secho(msg, fg="red", err=True)
+    sys.exit(code)
+
+
+def _quiet_libraries():
+    import logging
+    import warnings
+
+    for name in ("apache_beam", "absl", "tensorflow", "mlflow", "alembic", "h5py", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _kv(items, what) -> dict:
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            _fail(f"{what} {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        node = out
+        parts = k.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(v) if v != "" else ""
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main():
+    """A TFX-style computer-vision pipeline: ExampleGen -> StatisticsGen -> ExampleValidator ->
+    Transform -> Trainer -> Evaluator -> Pusher, run by a DAG runner with a content-hash cache
+    and tracked in MLflow (one parent run per pipeline run, one child run per component).
+
+    \b
+    Quick start:
+      python -m pipeline run                      run pipeline.yaml (cached steps are reused)
+      python -m pipeline run --set train.epochs=5 change a param: only what depends on it reruns
+      python -m pipeline list                     past executions
+      python -m pipeline ui                       browse runs and registered models
+    """
+
+
+@main.command()
+@click.argument("pipeline_file", default="pipeline.yaml", type=click.Path(dir_okay=False))
+@click.option("--only", multiple=True, metavar="C", help="Run only these components (repeatable); their inputs come from the cache.")
+@click.option("--from", "from_", metavar="C", help="Run C and everything downstream of it.")
+@click.option("--to", metavar="C", help="Run C and everything upstream of it.")
+@click.option("--no-cache", is_flag=True, help="Execute every selected component even if a cached result exists.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a value: components.train.params.epochs=5, or short: train.epochs=5.")
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow (the Pusher still needs it).")
+@click.option("--quiet", is_flag=True, help="No live view or progress bars.")
+def run(pipeline_file, only, from_, to, no_cache, overrides, no_tracking, quiet):
+    """Run PIPELINE_FILE (default pipeline.yaml), all of it or a part."""
+    from pipeline.config import ConfigError, load_pipeline
+
+    try:
+        p = load_pipeline(pipeline_file, list(overrides))
+    except ConfigError as e:
+        _fail(f"invalid pipeline:\n{e}", 2)
+    _quiet_libraries()
+    from pipeline.runner import PipelineError, Runner
+
+    console = None if quiet else _console()
+    try:
+        result = Runner(p, console=console, show_progress=not quiet, tracking=not no_tracking).run(
+            only=list(only) or None, from_=from_, to=to, no_cache=no_cache)
+    except PipelineError as e:
+        _fail(str(e), 2)
+    _print_summary(result, p)
+    sys.exit(0 if result.ok else 1)
+
+
+def _print_summary(result, p):
+    from rich.console import Console
+
+    c = Console()
+    for e in result.executions.values():
+        if e.status == "failed":
+            c.print(f"[bold red]✘ {e.component} ({e.type}) failed:[/] {e.error}")
+        elif e.status == "skipped":
+            c.print(f"[magenta]– {e.component} skipped:[/] {e.error}")
+    counts = {}
+    for e in result.executions.values():
+        counts[e.status] = counts.get(e.status, 0) + 1
+    c.print(f"pipeline run [bold]{result.run_id}[/]: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+            + (f"; MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else ""))
+
+
+@main.command("validate")
+@click.argument("pipeline_file", default="pipeline.yaml", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+def validate_cmd(pipeline_file, overrides):
+    """Check PIPELINE_FILE without running anything."""
+    from pipeline.config import ConfigError, load_pipeline
+
+    try:
+        p = load_pipeline(pipeline_file, list(overrides))
+    except ConfigError as e:
+        _fail(f"invalid pipeline:\n{e}", 2)
+    click.echo(f"{pipeline_file}: OK ({len(p.order)} components: {' -> '.join(p.order)})")
+
+
+@main.command("list")
+@click.option("--pipeline", "pipeline_file", default="pipeline.yaml", type=click.Path(dir_okay=False),
+              help="Pipeline whose root to read.")
+@click.option("--root", type=click.Path(file_okay=False), help="Artifact root (instead of --pipeline).")
+@click.option("--limit", default=40, show_default=True)
+@click.option("--run", "run_id", help="Only the executions of this pipeline run.")
+def list_cmd(pipeline_file, root, limit, run_id):
+    """Show past component executions: status, cache hit, duration, MLflow run id."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.config import ConfigError, load_pipeline
+    from pipeline.store import ArtifactStore
+
+    if root is None:
+        try:
+            root = load_pipeline(pipeline_file).root
+        except ConfigError as e:
+            _fail(str(e), 2)
+    if not (Path(root) / "executions.db").exists():
+        _fail(f"no executions recorded under {root}", 1)
+    rows = ArtifactStore(Path(root)).executions(limit=limit, pipeline_run=run_id)
+    t = Table(title=f"executions in {root}")
+    for col in ("pipeline run", "component", "type", "status", "cache hit", "duration", "MLflow run", "error"):
+        t.add_column(col, overflow="fold")
+    for r in (rows if run_id else reversed(rows)):
+        t.add_row(r["pipeline_run"], r["component"], r["type"], r["status"], "yes" if r["cache_hit"] else "no",
+                  f"{r['duration']:.1f}s" if r["duration"] is not None else "", r["mlflow_run_id"] or "",
+                  (r["error"] or "")[:120])
+    Console().print(t)
+
+
+@main.command()
+@click.argument("component_type")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=PATH", help="Input artifact folder (repeatable).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A param (dotted keys nest; repeatable).")
+@click.option("--params-file", type=click.Path(exists=True, dir_okay=False), help="YAML mapping of params.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (new or empty).")
+@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True)
+def component(component_type, inputs, params, params_file, out, tracking_uri):
+    """Run one component on its own, outside any pipeline.yaml.
+
+    \b
+    Example:
+      python -m pipeline component Trainer --input examples=PATH/examples \\
+          --input transform=PATH/transform --param epochs=3 --out /tmp/trainer
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from components.registry import COMPONENTS
+
+    if component_type not in COMPONENTS:
+        _fail(f"unknown component type {component_type!r}; known: {', '.join(COMPONENTS)}", 2)
+    p = yaml.safe_load(Path(params_file).read_text()) if params_file else {}
+    p.update(_kv(params, "--param"))
+    ins = {}
+    for item in inputs:
+        if "=" not in item:
+            _fail(f"--input {item!r}: expected name=PATH")
+        k, v = item.split("=", 1)
+        ins[k] = Path(v)
+    _quiet_libraries()
+    from components.base import ComponentError
+    from pipeline.runner import PipelineError, run_single
+
+    try:
+        meta = run_single(component_type, ins, p, Path(out), tracking_uri=tracking_uri, console=_console())
+    except ValidationError as e:
+        _fail(f"{component_type} params:\n" + "\n".join(f"  {'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()), 2)
+    except (ComponentError, PipelineError) as e:
+        _fail(f"{component_type} failed: {e}")
+    click.echo(f"{component_type} done in {meta['duration_s']:.1f}s -> {out}")
+    for k, v in meta["metrics"].items():
+        click.echo(f"  {k}: {v}")
+
+
+@main.command()
+@click.option("--pipeline", "pipeline_file", default="pipeline.yaml", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (127.0.0.1: this machine only).")
+@click.option("--port", default=5000, show_default=True)
+@click.option("--backend-store-uri", help="Tracking DB (default: the pipeline's).")
+def ui(pipeline_file, host, port, backend_store_uri):
+    """Start the MLflow UI on the project's tracking DB and print its URL."""
+    import subprocess
+
+    uri = backend_store_uri
+    if uri is None:
+        from pipeline.config import ConfigError, load_pipeline
+
+        try:
+            uri = load_pipeline(pipeline_file).tracking_uri
+        except ConfigError:
+            uri = "sqlite:///mlflow.db"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", "1"]
+    click.echo(f"MLflow UI: http://{host}:{port}  (tracking DB {uri}; Ctrl-C to stop)")
+    try:
+        sys.exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--model", "model_uri", required=True,
+              help="models:/NAME@ALIAS, models:/NAME/VERSION, a model.keras file or a Trainer model folder.")
+@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True)
+@click.option("--top", default=1, show_default=True, help="Show the top-k classes.")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+def predict(model_uri, tracking_uri, top, images):
+    """Classify IMAGES with a registered or local model (the course's "test on your own image")."""
+    _quiet_libraries()
+    from components.predict import PredictError, predict_images
+
+    try:
+        rows = predict_images(model_uri, list(images), tracking_uri=tracking_uri, top=top)
+    except PredictError as e:
+        _fail(str(e))
+    for r in rows:
+        if r.get("error"):
+            click.secho(f"{r['image']}: {r['error']}", fg="red")
+        else:
+            click.echo(f"{r['image']}: " + ", ".join(f"{c} ({p:.3f})" for c, p in r["top"]))
+    sys.exit(1 if any(r.get("error") for r in rows) else 0)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--pipeline", "pipeline_file", default="pipeline.yaml", type=click.Path(dir_okay=False))
+@click.option("--input-shape", help="HxWxC, e.g. 64x64x3 (default: the model's).")
+@click.option("--classes", type=int, help="Number of classes (classification models).")
+def explain(target, pipeline_file, input_shape, classes):
+    """Layer by layer: output volume (the course's formula) and parameter counts.
+
+    TARGET is a registered model name (signs_cnn, resnet50, ...) or a Trainer component of the
+    pipeline (e.g. `train`), whose model and hyperparameters are used."""
+    from models.registry import MODELS
+
+    hparams = {}
+    name = target
+    shape = None
+    if target not in MODELS:
+        from pipeline.config import ConfigError, load_pipeline
+
+        try:
+            p = load_pipeline(pipeline_file)
+        except ConfigError as e:
+            _fail(str(e), 2)
+        comp = p.components.get(target)
+        if comp is None or not hasattr(comp.params, "model"):
+            _fail(f"{target!r} is neither a model ({', '.join(MODELS)}) nor a Trainer in {pipeline_file}", 2)
+        name, hparams = comp.params.model, dict(comp.params.hyperparameters)
+    if input_shape:
+        shape = tuple(int(x) for x in input_shape.lower().split("x"))
+    _quiet_libraries()
+    from models.explain import explain_model, render
+    from models.registry import build_model
+
+    model = build_model(name, input_shape=shape, num_classes=classes, **hparams)
+    click.echo(render(explain_model(model)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The artifact store: one folder per component execution, written under a temporary name and
+renamed into place when complete, plus a small sqlite index of executions.
+
+    <root>/<component id>/<cache key>/metadata.json
+                                      /<output name>/...
+    <root>/<component id>/.tmp-<key>-<pid>-<rand>/     (in progress; never read as a result)
+    <root>/<component id>/.work/<key>/                 (checkpoints that survive a kill)
+    <root>/logs/<pipeline run id>/<component id>.log
+    <root>/executions.db
+
+A folder named by its cache key exists only if its `os.rename` ran, which is atomic: a run
+killed at any moment leaves at most a `.tmp-*` folder that nothing mistakes for a result.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS executions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline_run TEXT, pipeline TEXT, component TEXT, type TEXT, cache_key TEXT,
+    status TEXT, cache_hit INTEGER, started REAL, duration REAL,
+    mlflow_run_id TEXT, artifact_dir TEXT, error TEXT
+)"""
+
+
+class ArtifactStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._db_path = self.root / "executions.db"
+        with self._db() as db:
+            db.execute(_SCHEMA)
+
+    # -- index ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        # A busy timeout lets two pipeline processes share the index.
+        db = sqlite3.connect(self._db_path, timeout=60)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def record_start(self, **row: Any) -> int:
+        cols = ", ".join(row)
+        with self._db() as db:
+            cur = db.execute(f"INSERT INTO executions ({cols}) VALUES ({', '.join('?' * len(row))})",
+                             tuple(row.values()))
+            return int(cur.lastrowid)
+
+    def record_update(self, row_id: int, **fields: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._db() as db:
+            db.execute(f"UPDATE executions SET {sets} WHERE id = ?", (*fields.values(), row_id))
+
+    def executions(self, limit: int = 50, pipeline_run: str | None = None) -> list[dict]:
+        with self._db() as db:
+            db.row_factory = sqlite3.Row
+            if pipeline_run:
+                rows = db.execute("SELECT * FROM executions WHERE pipeline_run = ? ORDER BY id",
+                                  (pipeline_run,)).fetchall()
+            else:
+                rows = db.execute("SELECT * FROM executions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- artifacts -----------------------------------------------------------------------
+    def final_dir(self, component_id: str, key: str) -> Path:
+        return self.root / component_id / key
+
+    def work_dir(self, component_id: str, key: str) -> Path:
+        d = self.root / component_id / ".work" / key
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def log_path(self, pipeline_run: str, component_id: str) -> Path:
+        d = self.root / "logs" / pipeline_run
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{component_id}.log"
+
+    def lookup(self, component_id: str, key: str) -> dict | None:
+        meta = self.final_dir(component_id, key) / "metadata.json"
+        if not meta.exists():
+            return None
+        try:
+            m = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            return None
+        return m if m.get("status") == "complete" else None
+
+    def latest(self, component_id: str) -> dict | None:
+        """The most recently completed execution of a component (any key)."""
+        base = self.root / component_id
+        if not base.is_dir():
+            return None
+        best = None
+        for d in base.iterdir():
+            if d.name.startswith("."):
+                continue
+            m = self.lookup(component_id, d.name)
+            if m and (best is None or m.get("finished", 0) > best.get("finished", 0)):
+                best = m
+        return best
+
+    def begin(self, component_id: str, key: str, outputs: tuple[str, ...]) -> Path:
+        tmp = self.root / component_id / f".tmp-{key[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir(parents=True)
+        for o in outputs:
+            (tmp / o).mkdir()
+        return tmp
+
+    def commit(self, tmp: Path, component_id: str, key: str, metadata: dict) -> Path:
+        """Write metadata and rename into place. If another process finished the same key first,
+        keep theirs (same inputs, same code) and drop ours."""
+        metadata = {**metadata, "status": "complete", "finished": time.time()}
+        meta_tmp = tmp / "metadata.json.tmp"
+        meta_tmp.write_text(json.dumps(metadata, indent=2, default=str))
+        with open(meta_tmp, "rb") as f:
+            os.fsync(f.fileno())
+        meta_tmp.replace(tmp / "metadata.json")
+        final = self.final_dir(component_id, key)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if self.lookup(component_id, key):
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:  # a stale, incomplete folder with our name: replace it
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+        return final
+
+    def abort(self, tmp: Path) -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def clean_stale(self, max_age_s: float = 3600 * 24) -> int:
+        """Remove `.tmp-*` folders left by killed runs (only old ones: another process may be
+        writing a fresh one right now)."""
+        n = 0
+        now = time.time()
+        for d in self.root.glob("*/.tmp-*"):
+            pid = d.name.split("-")[2] if d.name.count("-") >= 3 else ""
+            alive = pid.isdigit() and _pid_alive(int(pid))
+            if not alive or now - d.stat().st_mtime > max_age_s:
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+        return n
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

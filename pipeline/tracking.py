@@ -1,0 +1,116 @@
+"""MLflow tracking: one parent run per pipeline invocation, one nested child run per component
+execution (cache hits too, tagged and pointing at the run of the execution they reuse).
+
+The child run is the *active* run while a component executes, so components may also use
+MLflow's fluent API (the Pusher's `log_model`)."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class MlflowTracker:
+    """The `components.base.Tracker` for one MLflow run."""
+
+    def __init__(self, run_id: str):
+        import mlflow
+
+        self.run_id = run_id
+        self._client = mlflow.MlflowClient()
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = _flatten(params)
+        items = [Param(k[:250], json.dumps(v, default=str)[:6000] if not isinstance(v, str) else v[:6000])
+                 for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            self._client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = []
+        for k, v in _flatten(metrics).items():
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(f):
+                items.append(Metric(k[:250], f, ts, step or 0))
+        for i in range(0, len(items), 500):
+            self._client.log_batch(self.run_id, metrics=items[i:i + 500])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self._client.set_tag(self.run_id, k, str(v))
+
+
+class TrackingSession:
+    def __init__(self, uri: str, experiment: str, lock_dir: Path):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.uri = uri
+        mlflow.set_tracking_uri(uri)
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        # Creating the sqlite schema (migrations) or the experiment from two processes at once
+        # races; a file lock serialises only that first step.
+        with open(lock_dir / ".mlflow-init.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            exp = mlflow.get_experiment_by_name(experiment)
+            if exp is None:
+                exp_id = mlflow.create_experiment(experiment)
+            else:
+                exp_id = exp.experiment_id
+            # MLflow 3.17's UI opens in its GenAI view unless told this is model development.
+            mlflow.MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        self.experiment_id = exp_id
+        self.parent = None
+
+    def start_parent(self, run_name: str, tags: dict[str, str]) -> str:
+        self.parent = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=tags)
+        return self.parent.info.run_id
+
+    def end_parent(self, status: str) -> None:
+        if self.parent is not None:
+            self.mlflow.end_run(status=status)
+            self.parent = None
+
+    @contextlib.contextmanager
+    def child(self, run_name: str, tags: dict[str, str]) -> Iterator[MlflowTracker]:
+        run = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, nested=True, tags=tags)
+        status = "FAILED"
+        try:
+            yield MlflowTracker(run.info.run_id)
+            status = "FINISHED"
+        finally:
+            self.mlflow.end_run(status=status)
