@@ -88,7 +88,6 @@ def main(argv=None) -> dict:
     import keras
 
     from components.metrics.verification import verification_report
-    from data.records import BadRecord  # noqa: F401  (reader errors surface as BadRecord)
     from models.facenet import TripletSemiHardLoss, pk_dataset, small_face_model
 
     root = DATASETS / "att_faces"

@@ -118,7 +118,8 @@ def run(ctx, inputs, params: EvaluatorParams):
     if not schema["splits"].get(split):
         raise ComponentError(f"Evaluator: split {params.split!r} (and 'eval') empty or missing in {examples}")
     images, labels = load_split(examples, split, tuple(schema["image_size"]))
-    model = __import__('models.preprocessing', fromlist=['load_model']).load_model(model_dir / "model.keras")
+    from models.preprocessing import load_model
+    model = load_model(model_dir / "model.keras")
     classes = info["classes"]
 
     t0 = time.perf_counter()

@@ -41,7 +41,8 @@ def load_classifier(model_uri: str, tracking_uri: str):
     if not info_path.exists():
         raise PredictError(f"{p}: model_info.json missing beside the model")
     info = json.loads(info_path.read_text())
-    return __import__('models.preprocessing', fromlist=['load_model']).load_model(p), info
+    from models.preprocessing import load_model
+    return load_model(p), info
 
 
 def predict_images(model_uri: str, images: list[str], tracking_uri: str = "sqlite:///mlflow.db", top: int = 1) -> list[dict]:

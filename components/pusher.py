@@ -42,7 +42,8 @@ def run(ctx, inputs, params: PusherParams):
         ctx.logger.info("not blessed: nothing registered (%s)", "; ".join(blessing["reasons"]))
         return {"pushed": 0.0}
     mlflow.set_tracking_uri(ctx.tracking_uri)
-    model = __import__('models.preprocessing', fromlist=['load_model']).load_model(model_dir / "model.keras")
+    from models.preprocessing import load_model
+    model = load_model(model_dir / "model.keras")
     h, w = info["image_size"]
     example = np.zeros((1, h, w, 3), dtype=np.uint8)
     signature = infer_signature(example, model.predict(example, verbose=0))

@@ -197,7 +197,8 @@ def load_init_weights(model, source: str, logger) -> None:
     if not p.exists():
         raise ComponentError(f"init_weights: file not found: {source}")
     if p.suffix == ".keras":
-        donor = __import__('models.preprocessing', fromlist=['load_model']).load_model(p)
+        from models.preprocessing import load_model
+        donor = load_model(p)
     elif p.name.endswith(".weights.h5"):
         model.load_weights(p)
         logger.info("loaded weights from %s", p)

@@ -20,8 +20,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.yolo.postprocess import yolo_head  # noqa: F401  (re-exported for convenience)
-
 
 @keras.saving.register_keras_serializable(package="yolo")
 class SpaceToDepth(keras.layers.Layer):

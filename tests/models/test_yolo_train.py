@@ -35,7 +35,7 @@ def test_loss_decreases_on_tiny_synthetic_set():
 @pytest.mark.slow
 def test_overfits_eight_images():
     recs, images, model, anchors, ds = _setup(8)
-    model.fit(ds.repeat(), steps_per_epoch=60, epochs=2, verbose=0)
+    model.fit(ds.repeat(), steps_per_epoch=50, epochs=4, verbose=0)
     dets = predict_detections(model, images, anchors, 3, image_ids=[r.key for r in recs])
     gt = gt_from_records(recs)
     coco = coco_evaluate(gt, dets, list(CLASSES))
