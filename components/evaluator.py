@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -28,6 +29,9 @@ class EvaluatorParams(Params):
     test_time_crops: int = Field(1, ge=1)
     test_time_flip: bool = False
     crop_fraction: float = Field(0.875, gt=0, le=1)
+    # Params of the task plug-in (components/tasks/<task>.py EvalParams) for detection and
+    # embedding models; validated when the model's task is known.
+    task_params: dict[str, Any] = Field(default_factory=dict)
 
 
 def load_split(examples: Path, split: str, image_size):
@@ -114,6 +118,14 @@ def run(ctx, inputs, params: EvaluatorParams):
     model_dir, examples = Path(inputs["model"]), Path(inputs["examples"])
     info = json.loads((model_dir / "model_info.json").read_text())
     schema = json.loads((examples / "schema.json").read_text())
+    if info["task"] not in ("classification", "binary"):
+        from components.tasks import task_module, validate_task_params
+
+        try:
+            tp = validate_task_params(info["task"], "Eval", params.task_params)
+        except ValueError as e:
+            raise ComponentError(f"Evaluator task_params: {e}") from None
+        return task_module(info["task"]).evaluate(ctx, inputs, params, tp)
     split = params.split if schema["splits"].get(params.split) else "eval"
     if not schema["splits"].get(split):
         raise ComponentError(f"Evaluator: split {params.split!r} (and 'eval') empty or missing in {examples}")
@@ -192,4 +204,5 @@ def run(ctx, inputs, params: EvaluatorParams):
 SPEC = ComponentSpec(type="Evaluator", description="model + examples -> metrics, plots and a blessing",
                      params=EvaluatorParams, run=run, inputs={"model": True, "examples": True},
                      outputs=("evaluation", "blessing"),
-                     code_dependencies=lambda p: ["models.tta"] if p.test_time_crops > 1 or p.test_time_flip else [])
+                     # the task modules are few and small: an Evaluator's key covers all of them
+                     code_dependencies=lambda p: ["models.tta", *__import__("components.tasks", fromlist=["x"]).TASK_MODULES.values()])

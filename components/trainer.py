@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.base import ComponentError, ComponentSpec, Params
 
@@ -53,10 +53,14 @@ class TrainerParams(Params):
     steps_per_execution: int = 1
     # Transfer learning: a local .keras / .weights.h5 file, a registered model URI
     # (models:/name@alias), or "imagenet" (keras.applications backbones, needs internet).
+    # Inside a pipeline, the optional input `base_model` (another Trainer's model) does the same.
     init_weights: str | None = None
     freeze: list[str] | str | None = None  # layer-name prefixes, or "backbone", frozen in a first phase
     freeze_epochs: int = 0  # epochs of the first (frozen) phase; the rest fine-tune everything
     fine_tune_learning_rate: float | None = None
+    # Params of the task plug-in (components/tasks/<task>.py TrainParams) for detection and
+    # embedding models, e.g. the P x K sampler and triplet margin of a face model.
+    task_params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("model")
     @classmethod
@@ -65,6 +69,14 @@ class TrainerParams(Params):
 
         get_entry(v)
         return v
+
+    @model_validator(mode="after")
+    def _task_params(self):
+        from components.tasks import validate_task_params
+        from models.registry import get_entry
+
+        validate_task_params(get_entry(self.model).task, "Train", self.task_params)
+        return self
 
 
 def _optimizer(params: TrainerParams, lr):
@@ -287,8 +299,11 @@ def run(ctx, inputs, params: TrainerParams):
     transform_cfg = json.loads((Path(inputs["transform"]) / "transform.json").read_text())
     task = get_entry(params.model).task
     if task not in ("classification", "binary"):
-        raise ComponentError(f"Trainer: model {params.model!r} is a {task} model; this Trainer trains "
-                             f"classification and binary models")
+        from components.tasks import task_module, validate_task_params
+
+        if schema["task"] != task:
+            raise ComponentError(f"Trainer: examples are for {schema['task']}, model {params.model!r} needs {task}")
+        return task_module(task).train(ctx, inputs, params, validate_task_params(task, "Train", params.task_params))
     if schema["task"] != "classification":
         raise ComponentError(f"Trainer: examples are for {schema['task']}, model {params.model!r} needs classification")
     num_classes = len(schema["classes"])
@@ -307,7 +322,9 @@ def run(ctx, inputs, params: TrainerParams):
     val_ds = make_dataset(eval_files, image_size, params.batch_size, binary=binary) if eval_files else None
 
     model, core = build_full_model(params, transform_cfg, num_classes)
-    if params.init_weights:
+    if "base_model" in inputs:  # transfer learning from another Trainer of the pipeline
+        load_init_weights(core, str(Path(inputs["base_model"]) / "model.keras"), ctx.logger)
+    elif params.init_weights:
         load_init_weights(core, params.init_weights, ctx.logger)
     loss = keras.losses.BinaryCrossentropy() if binary else keras.losses.SparseCategoricalCrossentropy()
     metrics = [keras.metrics.BinaryAccuracy(name="accuracy")] if binary else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
@@ -391,11 +408,14 @@ def _plot_history(history: dict, path: Path) -> None:
 
 
 def _model_module(params: TrainerParams) -> list[str]:
+    from components.tasks import TASK_MODULES
     from models.registry import get_entry
 
-    return [get_entry(params.model).target.split(":")[0], "models.preprocessing", "models.augmentation"]
+    entry = get_entry(params.model)
+    extra = [TASK_MODULES[entry.task]] if entry.task in TASK_MODULES else []
+    return [entry.target.split(":")[0], "models.preprocessing", "models.augmentation", *extra]
 
 
 SPEC = ComponentSpec(type="Trainer", description="examples + transform -> trained Keras model + SavedModel",
-                     params=TrainerParams, run=run, inputs={"examples": True, "transform": True},
+                     params=TrainerParams, run=run, inputs={"examples": True, "transform": True, "base_model": False},
                      outputs=("model",), code_dependencies=_model_module)

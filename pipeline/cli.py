@@ -157,7 +157,7 @@ def list_cmd(pipeline_file, root, limit, run_id):
         t.add_row(r["pipeline_run"], r["component"], r["type"], r["status"], "yes" if r["cache_hit"] else "no",
                   f"{r['duration']:.1f}s" if r["duration"] is not None else "", r["mlflow_run_id"] or "",
                   (r["error"] or "")[:120])
-    Console().print(t)
+    Console(width=None if sys.stdout.isatty() else 220).print(t)
 
 
 @main.command()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -26,17 +25,21 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 @functools.lru_cache(maxsize=None)
 def _module_file(name: str) -> Path | None:
-    if name.split(".")[0] not in PROJECT_PACKAGES:
+    """The source file of a project module, found by path: `importlib.util.find_spec` would
+    import parent packages (and `from models.x import f` makes `models.x.f` look like one)."""
+    parts = name.split(".")
+    if parts[0] not in PROJECT_PACKAGES:
         return None
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin)
+    base = PROJECT_ROOT.joinpath(*parts)
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
 
 
 def _imports_of(name: str, path: Path) -> set[str]:

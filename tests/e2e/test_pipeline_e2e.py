@@ -267,7 +267,8 @@ def test_ui_serves_runs_and_registered_model(project):
         exp = next(e for e in exps if e["name"] == "cnn-pipeline")
         runs = api("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
         assert any(t["key"] == "component" and t["value"] == "signs_train" for r in runs for t in r["data"]["tags"])
-        models = api("/api/2.0/mlflow/registered-models/search", {"max_results": 10})["registered_models"]
+        models = json.loads(urllib.request.urlopen(base + "/api/2.0/mlflow/registered-models/search?max_results=10",
+                                                   timeout=10).read())["registered_models"]
         m = next(m for m in models if m["name"] == "signs-cnn")
         assert any(a["alias"] == "champion" for a in m.get("aliases", []))
         chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(c).exists()), None)

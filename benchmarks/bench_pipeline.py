@@ -1,0 +1,203 @@
+"""Orchestration overhead: a cached rerun of the unchanged default pipeline, and CLI start-up.
+
+    python -m benchmarks pipeline                         # default pipeline.yaml, unchanged settings
+    python -m benchmarks pipeline --set signs_train.epochs=3 --set signs_gen.source.options.num_examples=300
+    python -m benchmarks pipeline --help-only             # only `python -m pipeline --help`
+
+* The repo's ``pipeline.yaml`` is copied to a temporary folder with ``root`` and
+  ``tracking.uri`` pointing into it (the repo's pipeline_root and mlflow.db are not touched);
+  relative source paths are made absolute against the repo.
+* One full ``python -m pipeline run COPY --quiet [--set ...]`` fills the cache (timed, not the
+  figure); then the same command, same ``--set``s, is timed ``--repeats`` times (median). Each
+  rerun must report every component as cached, or the benchmark says so.
+* One more cached rerun under ``python -X importtime`` (not timed) lists the heaviest imports
+  and whether TensorFlow was imported on a cache-only run.
+* ``python -m pipeline --help``: median wall time of ``--help-repeats`` runs (target < 1.5 s),
+  a bare ``python -c pass`` for reference, and whether TensorFlow got imported
+  (``-X importtime``).
+
+Results go to ``benchmarks/results/pipeline.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import PROJECT_ROOT, write_result
+
+HEAVY = ("tensorflow", "keras", "apache_beam", "mlflow", "matplotlib", "numpy", "pandas", "sklearn", "PIL",
+         "pydantic", "rich", "click", "yaml", "sqlalchemy", "h5py")
+
+
+def parse_importtime(stderr: str) -> dict[str, float]:
+    """Cumulative import time (s) of each top-level package from `python -X importtime` output."""
+    out: dict[str, float] = {}
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)", line)
+        if not m:
+            continue
+        cumulative_us, name = int(m.group(2)), m.group(4)
+        top = name.split(".")[0]
+        # the first (outermost) line of a top-level package is its full cumulative cost
+        if "." not in name:
+            out[top] = max(out.get(top, 0.0), cumulative_us / 1e6)
+        else:
+            out.setdefault(top, 0.0)
+    return out
+
+
+def imported(stderr: str, package: str) -> bool:
+    return package in parse_importtime(stderr)
+
+
+def make_pipeline_copy(src: Path, dest_dir: Path) -> Path:
+    """A copy of pipeline.yaml whose root and tracking DB live in dest_dir."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(src).read_text())
+    cfg["root"] = str(dest_dir / "pipeline_root")
+    cfg.setdefault("tracking", {})["uri"] = f"sqlite:///{dest_dir / 'mlflow.db'}"
+    base = Path(src).resolve().parent
+    for comp in (cfg.get("components") or {}).values():
+        source = ((comp or {}).get("params") or {}).get("source")
+        if isinstance(source, dict) and source.get("path"):
+            fix = lambda p: p if Path(p).expanduser().is_absolute() else str((base / p).resolve())  # noqa: E731
+            source["path"] = [fix(p) for p in source["path"]] if isinstance(source["path"], list) else fix(source["path"])
+    out = dest_dir / "pipeline.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONDONTWRITEBYTECODE"] = env.get("PYTHONDONTWRITEBYTECODE", "")
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=_env(), timeout=timeout)
+    return time.perf_counter() - t0, p
+
+
+def summary_line(stdout: str) -> str:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("pipeline run ")]
+    return lines[-1] if lines else ""
+
+
+def status_counts(line: str) -> dict[str, int]:
+    """'pipeline run X: 7 cached; MLflow run Y' -> {'cached': 7}."""
+    body = line.split(":", 1)[1].split(";")[0] if ":" in line else ""
+    out = {}
+    for part in body.split(","):
+        m = re.match(r"\s*(\d+)\s+(\S+)", part)
+        if m:
+            out[m.group(2)] = int(m.group(1))
+    return out
+
+
+def _bench_help(py: str, repeats: int) -> dict:
+    times = []
+    for _ in range(repeats):
+        t, p = _run([py, "-m", "pipeline", "--help"], PROJECT_ROOT)
+        if p.returncode != 0:
+            raise RuntimeError(f"pipeline --help failed: {p.stderr[-2000:]}")
+        times.append(t)
+    bare = statistics.median([_run([py, "-c", "pass"], PROJECT_ROOT)[0] for _ in range(3)])
+    _, p = _run([py, "-X", "importtime", "-m", "pipeline", "--help"], PROJECT_ROOT)
+    imp = parse_importtime(p.stderr)
+    med = statistics.median(times)
+    return {"median_s": med, "times_s": times, "target_s": 1.5, "target_met": med < 1.5,
+            "python_bare_start_s": bare, "tensorflow_imported": "tensorflow" in imp,
+            "heaviest_imports_s": dict(sorted(imp.items(), key=lambda kv: -kv[1])[:8])}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks pipeline", description=__doc__.split("\n")[0])
+    ap.add_argument("--pipeline", default=str(PROJECT_ROOT / "pipeline.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="passed to the first run and to every rerun alike")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--help-repeats", type=int, default=5)
+    ap.add_argument("--help-only", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
+    args = ap.parse_args(argv)
+    py = sys.executable
+    load_before = os.getloadavg()
+    result: dict = {"python": py}
+
+    if not args.help_only:
+        tmp = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+        try:
+            yml = make_pipeline_copy(Path(args.pipeline), tmp)
+            cmd = [py, "-m", "pipeline", "run", str(yml), "--quiet"]
+            for s in args.overrides:
+                cmd += ["--set", s]
+            print(f"first run (fills the cache): {' '.join(cmd[1:])}")
+            t_first, p = _run(cmd, PROJECT_ROOT)
+            if p.returncode != 0:
+                raise RuntimeError(f"first pipeline run failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+            first_line = summary_line(p.stdout)
+            print(f"  {t_first:.1f}s  {first_line}")
+            times, lines = [], []
+            for i in range(args.repeats):
+                t, p = _run(cmd, PROJECT_ROOT)
+                if p.returncode != 0:
+                    raise RuntimeError(f"cached rerun failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+                times.append(t)
+                lines.append(summary_line(p.stdout))
+                print(f"  cached rerun {i + 1}: {t:.2f}s  {lines[-1]}  (load {os.getloadavg()[0]:.1f})")
+            counts = [status_counts(ln) for ln in lines]
+            all_cached = all(set(c) == {"cached"} for c in counts)
+            if not all_cached:
+                print(f"  WARNING: a rerun executed components: {counts}")
+            _, p = _run([py, "-X", "importtime", *cmd[1:]], PROJECT_ROOT)
+            imp = parse_importtime(p.stderr)
+            result["cached_rerun"] = {
+                "command": " ".join(["python", *cmd[1:]]).replace(str(yml), "<tmp>/pipeline.yaml"),
+                "overrides": args.overrides, "first_run_s": t_first, "first_run_summary": first_line,
+                "median_s": statistics.median(times), "times_s": times, "summaries": lines,
+                "status_counts": counts, "all_cached": all_cached,
+                "tensorflow_imported": "tensorflow" in imp,
+                "heaviest_imports_s": dict(sorted(imp.items(), key=lambda kv: -kv[1])[:10]),
+            }
+        finally:
+            if args.keep:
+                print(f"kept {tmp}")
+            else:
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    result["help"] = _bench_help(py, args.help_repeats)
+    result["loadavg_before"] = load_before
+    result["loadavg_after"] = os.getloadavg()
+
+    print()
+    if "cached_rerun" in result:
+        c = result["cached_rerun"]
+        print(f"cached rerun of the unchanged pipeline: median {c['median_s']:.2f}s over {len(c['times_s'])} "
+              f"({', '.join(f'{t:.2f}' for t in c['times_s'])}); all cached: {c['all_cached']}; "
+              f"TensorFlow imported: {c['tensorflow_imported']}")
+        print("  heaviest imports: " + ", ".join(f"{k} {v:.2f}s" for k, v in list(c["heaviest_imports_s"].items())[:6]))
+    h = result["help"]
+    print(f"python -m pipeline --help: median {h['median_s']:.2f}s over {len(h['times_s'])} "
+          f"(target < 1.5 s: {'met' if h['target_met'] else 'NOT met'}); bare python {h['python_bare_start_s']:.2f}s; "
+          f"TensorFlow imported: {h['tensorflow_imported']}")
+    print("  heaviest imports: " + ", ".join(f"{k} {v:.2f}s" for k, v in list(h["heaviest_imports_s"].items())[:6]))
+    print(f"load average before {load_before[0]:.2f}, after {result['loadavg_after'][0]:.2f} (1-min)")
+    path = write_result("pipeline", result)
+    print(f"-> {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

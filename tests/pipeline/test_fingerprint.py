@@ -1,0 +1,83 @@
+"""Cache keys: editing a model file used by the Trainer changes the Trainer's key and nothing
+upstream; editing an unrelated model does not; params and inputs change keys."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from pipeline import fingerprint as fp
+from pipeline.config import load_pipeline
+from pipeline.runner import Runner, compute_key
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.fixture
+def project_copy(tmp_path, monkeypatch):
+    for pkg in fp.PROJECT_PACKAGES:
+        shutil.copytree(PROJECT_ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fp, "PROJECT_ROOT", tmp_path)
+    fp._module_file.cache_clear()
+    yield tmp_path
+    fp._module_file.cache_clear()
+
+
+def keys():
+    p = load_pipeline(PROJECT_ROOT / "pipeline.yaml")
+    return {cid: k[0] for cid, k in Runner._keys(_Fake(p)).items()}  # keys only: no store, no tracking
+
+
+class _Fake:
+    def __init__(self, p):
+        self.pipeline = p
+
+
+def test_editing_the_trainers_model_changes_trainer_and_downstream_only(project_copy):
+    before = keys()
+    with open(project_copy / "models" / "signs_cnn.py", "a") as f:
+        f.write("\n# an edit\n")
+    fp._module_file.cache_clear()
+    after = keys()
+    changed = {c for c in before if before[c] != after[c]}
+    assert changed == {"signs_train", "signs_eval", "signs_push"} | ({c for c in before if "resnet" in c} & changed)
+    assert before["signs_gen"] == after["signs_gen"]
+
+
+def test_editing_an_unrelated_model_changes_nothing_of_the_signs_branch(project_copy):
+    before = keys()
+    target = project_copy / "models" / "happy.py"
+    target.write_text(target.read_text() + "\n# unrelated edit\n")
+    fp._module_file.cache_clear()
+    after = keys()
+    assert {c: before[c] for c in before if c.startswith("signs_")} == {c: after[c] for c in after if c.startswith("signs_")}
+
+
+def test_editing_a_data_reader_changes_examplegen_and_everything_after(project_copy):
+    before = keys()
+    target = project_copy / "data" / "synthetic_signs.py"
+    target.write_text(target.read_text() + "\n# edit\n")
+    fp._module_file.cache_clear()
+    after = keys()
+    assert all(before[c] != after[c] for c in before if c.startswith("signs_"))
+
+
+def test_params_and_inputs_change_the_key():
+    p = load_pipeline(PROJECT_ROOT / "pipeline.yaml")
+    params = p.components["signs_train"].params
+    k1 = compute_key("Trainer", params, {"examples": "a"})[0]
+    k2 = compute_key("Trainer", params, {"examples": "b"})[0]
+    k3 = compute_key("Trainer", params.model_copy(update={"epochs": params.epochs + 1}), {"examples": "a"})[0]
+    assert len({k1, k2, k3}) == 3
+    assert k1 == compute_key("Trainer", params, {"examples": "a"})[0]
+
+
+def test_code_closure_follows_imports_without_importing_them():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline import fingerprint as fp; _, m = fp.code_fingerprint(['components.trainer']); "
+            "print(sorted(m)); print('keras' in sys.modules, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
+    mods, imported = out.strip().splitlines()
+    assert "'data.tfrecord'" in mods and "'models.preprocessing'" in mods and "tensorflow" not in mods
+    assert imported == "False False"
