@@ -1,0 +1,125 @@
+"""Trainer and Evaluator on a tiny synthetic dataset: exports that serve raw uint8 images and
+agree with Keras, augmentation off at inference, test-time crops, early stopping, weight
+loading for transfer learning."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from components.base import ComponentError
+from pipeline.runner import run_single
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tr")
+    run_single("ExampleGen", {}, {"source": {"format": "synthetic_signs", "options": {"num_examples": 120}},
+                                  "split_ratios": {"train": 0.6, "eval": 0.2, "test": 0.2}}, d / "gen")
+    ex = d / "gen" / "examples"
+    run_single("StatisticsGen", {"examples": ex}, {}, d / "stats")
+    run_single("Transform", {"examples": ex, "statistics": d / "stats" / "statistics"},
+               {"augmentation": {"translate": 0.1, "rotation_degrees": 10}}, d / "tf")
+    tf_dir = d / "tf" / "transform"
+    meta = run_single("Trainer", {"examples": ex, "transform": tf_dir},
+                      {"model": "signs_cnn", "epochs": 2, "batch_size": 16}, d / "train")
+    return d, ex, tf_dir, d / "train" / "model", meta
+
+
+def test_export_serves_uint8_and_matches_keras_without_augmentation(base):
+    import tensorflow as tf
+
+    from models.preprocessing import load_model
+
+    d, ex, tf_dir, model_dir, meta = base
+    info = json.loads((model_dir / "model_info.json").read_text())
+    assert info["classes"] == ["0", "1", "2", "3", "4", "5"] and info["image_size"] == [64, 64]
+    km = load_model(model_dir / "model.keras")
+    x = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    p1 = km.predict(x, verbose=0)
+    p2 = km(x).numpy()  # a plain call must not augment either
+    sm = tf.saved_model.load(str(model_dir / "saved_model"))
+    p3 = sm.serve(tf.constant(x)).numpy()
+    np.testing.assert_allclose(p1, p2, atol=1e-5)
+    np.testing.assert_allclose(p1, p3, atol=1e-5)
+    np.testing.assert_allclose(p1.sum(-1), 1.0, atol=1e-5)
+    assert len(json.loads((model_dir / "history.json").read_text())["loss"]) == 2
+    assert (model_dir / "training_curves.png").stat().st_size > 1000
+
+
+def test_evaluator_with_test_time_crops_reports_gain_and_cost(base, tmp_path):
+    d, ex, tf_dir, model_dir, _ = base
+    meta = run_single("Evaluator", {"model": model_dir, "examples": ex},
+                      {"split": "test", "test_time_crops": 5, "test_time_flip": False}, tmp_path / "ev")
+    m = json.loads((tmp_path / "ev" / "evaluation" / "metrics.json").read_text())
+    tta = m["test_time_augmentation"]
+    assert tta["forward_passes"] == 5 and tta["inference_cost_ratio"] > 1.0
+    assert 0.0 <= tta["accuracy_tta"] <= 1.0 and set(m["per_class"]) == {"0", "1", "2", "3", "4", "5"}
+    assert np.asarray(m["confusion_matrix"]).sum() == m["num_examples"]
+    b = json.loads((tmp_path / "ev" / "blessing" / "blessing.json").read_text())
+    assert b["blessed"] is True  # default threshold 0.0
+    assert meta["metrics"]["accuracy"] == m["accuracy"]
+
+
+def test_evaluator_threshold_not_met_is_not_blessed(base, tmp_path):
+    d, ex, tf_dir, model_dir, _ = base
+    run_single("Evaluator", {"model": model_dir, "examples": ex}, {"thresholds": {"accuracy": 1.01}}, tmp_path / "ev")
+    b = json.loads((tmp_path / "ev" / "blessing" / "blessing.json").read_text())
+    assert b["blessed"] is False and "accuracy" in b["reasons"][0]
+
+
+def test_early_stopping_stops_and_best_epoch_is_exported(base, tmp_path):
+    d, ex, tf_dir, _, _ = base
+    meta = run_single("Trainer", {"examples": ex, "transform": tf_dir},
+                      {"model": "signs_cnn", "epochs": 20, "batch_size": 16,
+                       "early_stopping": {"monitor": "val_loss", "patience": 1, "min_delta": 10.0}}, tmp_path / "t")
+    hist = json.loads((tmp_path / "t" / "model" / "history.json").read_text())
+    assert len(hist["loss"]) == 2  # no epoch improves by 10: stop after patience 1
+    info = json.loads((tmp_path / "t" / "model" / "model_info.json").read_text())
+    best = int(np.argmin(hist["val_loss"])) + 1
+    assert info["best_epoch"] == best and meta["metrics"]["best_epoch"] == best
+
+
+def test_transfer_learning_from_a_pipeline_model_copies_matching_layers(base, tmp_path):
+    import logging
+
+    from components.trainer import load_init_weights
+    from models.preprocessing import load_model
+    from models.registry import build_model
+
+    d, ex, tf_dir, model_dir, _ = base
+    donor = load_model(model_dir / "model.keras")
+    donor_core = next(l for l in donor.layers if l.name.startswith("signs_cnn") and hasattr(l, "layers"))
+    target = build_model("signs_cnn", num_classes=10)  # another dataset: 10 classes, new head
+    load_init_weights(target, str(model_dir / "model.keras"), logging.getLogger("t"))
+    convs = [l for l in target.layers if l.weights and "conv" in l.name]
+    assert convs
+    for layer in convs:
+        src = donor_core.get_layer(layer.name)
+        for a, b in zip(layer.get_weights(), src.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    dense = [l for l in target.layers if l.weights and "conv" not in l.name]
+    assert dense and dense[-1].get_weights()[0].shape[-1] == 10
+
+
+def test_trainer_base_model_input_and_freeze(base, tmp_path):
+    d, ex, tf_dir, model_dir, _ = base
+    run_single("Trainer", {"examples": ex, "transform": tf_dir, "base_model": model_dir},
+               {"model": "signs_cnn", "epochs": 2, "batch_size": 16, "freeze": "backbone", "freeze_epochs": 1,
+                "fine_tune_learning_rate": 1e-4}, tmp_path / "ft")
+    log = (tmp_path / "ft" / "log.txt").read_text()
+    assert "transfer learning: copied" in log and "phase 1" in log and "finetune epoch" in log
+
+
+def test_init_weights_errors_are_clear(base, tmp_path):
+    d, ex, tf_dir, _, _ = base
+    with pytest.raises(ComponentError, match="file not found"):
+        run_single("Trainer", {"examples": ex, "transform": tf_dir},
+                   {"model": "signs_cnn", "epochs": 1, "init_weights": str(tmp_path / "nope.keras")}, tmp_path / "a")
+    with pytest.raises(ComponentError, match="imagenet"):
+        run_single("Trainer", {"examples": ex, "transform": tf_dir},
+                   {"model": "signs_cnn", "epochs": 1, "init_weights": "imagenet"}, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
