@@ -16,6 +16,7 @@ COMPONENTS: dict[str, str] = {
     "Pusher": "components.pusher:SPEC",
     "BulkInferrer": "components.bulk_inferrer:SPEC",
     "StyleTransfer": "components.style_transfer:SPEC",
+    "Anchors": "components.anchors:SPEC",
 }
 
 

@@ -62,8 +62,12 @@ FORMATS: dict[str, tuple[str, str, str | None]] = {
     "coco": ("data.coco", "detection", "annotations"),
     "synthetic_shapes": ("data.synthetic_shapes", "detection", None),
     "identity_folders": ("data.identity_folders", "embedding", "root"),
-    "synthetic_faces": ("data.synthetic_faces", "embedding", None),
+    # `path`: the folder the identities are generated into (optional: without it, a cache
+    # folder keyed by the options, so generated files do not count as changed raw data).
+    "synthetic_faces": ("data.synthetic_faces", "embedding", "root"),
 }
+
+_IDENTITY_FORMATS = ("identity_folders", "synthetic_faces")
 
 
 def check_options(fmt: str, options: dict[str, Any]) -> None:
@@ -85,10 +89,12 @@ def open_source(fmt: str, path: str | list[str] | None, options: dict[str, Any])
     module_name, task, path_kw = FORMATS[fmt]
     module = importlib.import_module(module_name)
     kwargs = dict(options)
-    if path_kw:
+    if path_kw and not (fmt == "synthetic_faces" and path is None):
         if path is None:
             raise ValueError(f"source format {fmt!r} needs 'path'")
         kwargs[path_kw] = ([path] if isinstance(path, str) else list(path)) if path_kw == "paths" else path
+    if fmt in _IDENTITY_FORMATS:
+        return _identity_source(fmt, module, task, path, kwargs)
     if fmt == "course_h5":
         from data.course_h5 import class_names
 
@@ -104,3 +110,16 @@ def open_source(fmt: str, path: str | list[str] | None, options: dict[str, Any])
     if hasattr(module, "loader_kwargs"):
         loader_kwargs = module.loader_kwargs(**kwargs)
     return SourceInfo(list(refs), list(classes), task, list(warnings), _ModuleLoader(module_name, **loader_kwargs))
+
+
+def _identity_source(fmt: str, module, task: str, path, kwargs: dict) -> SourceInfo:
+    """Face identity folders (and the synthetic generator that writes them). Labels number
+    every identity folder under the root in natural order (s2 before s10), whatever split it
+    is in, so the class list is that full list, not the sorted names of the listed refs."""
+    from data import identity_folders
+
+    if fmt == "synthetic_faces" and kwargs.get("root") is None:
+        kwargs["root"] = str(module.default_root(**kwargs))
+    refs = module.list_refs(**kwargs)
+    classes = identity_folders.list_identities(kwargs["root"])
+    return SourceInfo(list(refs), classes, task, [], _ModuleLoader(module.__name__))

@@ -194,17 +194,11 @@ def load_init_weights(model, source: str, logger) -> None:
     if source == "imagenet":
         raise ComponentError("init_weights: imagenet applies to keras.applications backbones only; "
                              "for the project's own models give a .keras file or a models:/ URI")
-    if source.startswith("models:/") or source.startswith("runs:/"):
-        import mlflow
-
+    if source.startswith("models:/"):
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=source.rstrip("/") + "/data/model.keras")
-        except Exception:
-            try:
-                local = _download_registered_keras(source)
-            except Exception as e:
-                raise ComponentError(f"init_weights: cannot load {source}: {e}") from None
-        source = local
+            source = _download_registered_keras(source)
+        except Exception as e:
+            raise ComponentError(f"init_weights: cannot load {source}: {type(e).__name__}: {e}") from None
     p = Path(source)
     if not p.exists():
         raise ComponentError(f"init_weights: file not found: {source}")
@@ -237,13 +231,19 @@ def load_init_weights(model, source: str, logger) -> None:
 
 
 def _download_registered_keras(uri: str) -> str:
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> the `.keras` file the Pusher logged beside
+    the SavedModel (`keras/model.keras` in the version's run)."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    name, _, ref = uri[len("models:/"):].partition("@")
-    mv = client.get_model_version_by_alias(name, ref) if ref else None
-    run_id = mv.run_id
-    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="keras/model.keras")
+    ref = uri[len("models:/"):]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, version = ref.split("/", 1)
+        mv = client.get_model_version(name, version)
+    return mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="keras/model.keras")
 
 
 def _all_layers(model):

@@ -58,7 +58,9 @@ def expand_identities(spec, available) -> list[str]:
         if not m:
             raise ValueError(f"unknown identity {item!r} (not a folder under the root)")
         prefix, lo, hi = m.group(1), int(m.group(2)), int(m.group(3))
-        names = [f"{prefix}{k}" for k in range(lo, hi + 1)]
+        # zero-padded ranges (id_000-id_029) keep their width
+        width = len(m.group(2)) if len(m.group(2)) > 1 and m.group(2).startswith("0") else 0
+        names = [f"{prefix}{k:0{width}d}" if width else f"{prefix}{k}" for k in range(lo, hi + 1)]
         missing = [n for n in names if n not in available_set]
         if missing:
             raise ValueError(f"identity range {item!r}: no folder for {missing[:5]}")

@@ -12,7 +12,10 @@ with PIL at 2x and box-downsampled (anti-aliasing), ~1-2 ms per 64x64 image.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -138,19 +141,46 @@ def generate(root, num_identities: int = 20, images_per_identity: int = 10, size
         folder.mkdir(exist_ok=True)
         for m in range(images_per_identity):
             arr = render_face(traits, size, np.random.default_rng([seed, k, m]), jitter)
-            Image.fromarray(arr).save(folder / f"{m:03d}.png", compress_level=1)
-    tmp = manifest.with_suffix(".tmp")
+            # temporary name + rename: a concurrent reader never sees half a file
+            tmp_png = folder / f".{m:03d}.{os.getpid()}.png"
+            Image.fromarray(arr).save(tmp_png, compress_level=1)
+            tmp_png.replace(folder / f"{m:03d}.png")
+    tmp = manifest.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(params))
     tmp.replace(manifest)  # written last: a killed generation is redone next time
     return root
 
 
-def list_refs(root, num_identities: int = 20, images_per_identity: int = 10, size: int = 64,
-              seed: int = 0, jitter: float = 1.0, **split_kwargs):
-    """Generate (if needed) and list the synthetic identities; ``split_kwargs`` go to
-    :func:`data.identity_folders.list_refs` (``splits=``, ``fractions=``, ``salt=``)."""
+def default_root(num_identities: int = 20, images_per_identity: int = 10, size: int = 64,
+                 seed: int = 0, jitter: float = 1.0, **_ignored) -> Path:
+    """Where the ExampleGen generates when no ``path`` is given: a cache folder keyed by the
+    generation parameters (``$XDG_CACHE_HOME`` or ``~/.cache``, else the temp folder). The
+    images are a pure function of these parameters, so they are not "raw data" whose change
+    should invalidate the pipeline cache."""
+    key = json.dumps([num_identities, images_per_identity, size, seed, float(jitter), 1])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    try:
+        Path(base).mkdir(parents=True, exist_ok=True)
+        if not os.access(base, os.W_OK):
+            raise OSError
+    except OSError:
+        base = tempfile.gettempdir()
+    return Path(base) / "cnn-pipeline" / "synthetic_faces" / digest
+
+
+def list_refs(root=None, num_identities: int = 20, images_per_identity: int = 10, size: int = 64,
+              seed: int = 0, jitter: float = 1.0, splits=None, fractions=None, salt: str = "",
+              identities=None):
+    """Generate (if needed) and list the synthetic identities; ``splits``, ``fractions``,
+    ``salt``, ``identities`` are :func:`data.identity_folders.list_refs`'s (split by
+    identity, e.g. ``splits={"train": ["id_0-id_29"], ...}`` or ``fractions=``).
+    ``root=None``: :func:`default_root`."""
+    if root is None:
+        root = default_root(num_identities, images_per_identity, size, seed, jitter)
     generate(root, num_identities, images_per_identity, size, seed, jitter)
-    return identity_folders.list_refs(root, **split_kwargs)
+    return identity_folders.list_refs(root, splits=splits, fractions=fractions, salt=salt,
+                                      identities=identities)
 
 
 load = identity_folders.load

@@ -575,12 +575,14 @@ def optimize_image(content_rgb: np.ndarray, style_rgb: np.ndarray, extractor: ke
                    learning_rate: float = 2.0, tv_weight: float = 0.0,
                    style_layers=STYLE_LAYERS, noise_ratio: float = 0.6, seed: int | None = 0,
                    jit_compile: bool = False, progress: bool = True, every: int = 0,
-                   callback: Callable[[int, np.ndarray, dict], None] | None = None) -> dict:
+                   callback: Callable[[int, np.ndarray, dict], None] | None = None,
+                   on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Optimise a generated image; arrays in, arrays out (no files).
 
     ``content_rgb``/``style_rgb``: RGB uint8 (H, W, 3) of the extractor's input size.
     ``callback(iteration, rgb_uint8, costs)`` runs every ``every`` iterations (and never
-    when ``every`` <= 0). Returns ``{"image": rgb uint8, "history": {"iteration", "J",
+    when ``every`` <= 0). ``on_step(iteration, costs)`` runs after every step (cheap: for a
+    caller's own progress display, e.g. the pipeline component's). Returns ``{"image": rgb uint8, "history": {"iteration", "J",
     "J_content", "J_style", "J_tv": lists}, "final_costs": costs of the returned image,
     "seconds_per_iteration": median over the steps after the first (which traces),
     "trace_seconds": the first step}``.
@@ -617,6 +619,8 @@ def optimize_image(content_rgb: np.ndarray, style_rgb: np.ndarray, extractor: ke
             for k in keys:
                 history[k].append(costs[k])
             bar.update(task, advance=1, J=costs["J"], J_content=costs["J_content"], J_style=costs["J_style"])
+            if on_step is not None:
+                on_step(i, costs)
             if callback is not None and every > 0 and (i % every == 0 or i == iterations):
                 callback(i, deprocess_image(generated.numpy()), costs)
 
@@ -700,7 +704,8 @@ def run_style_transfer(content_path, style_path, out_path, *, size=(400, 300), i
                        save_every: int = 50, seed: int = 0, progress: bool = True,
                        on_checkpoint: Callable[[int, str, dict], None] | None = None,
                        checkpoint_dir=None, jit_compile: bool = False,
-                       extractor: keras.Model | None = None) -> dict:
+                       extractor: keras.Model | None = None,
+                       on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Paint ``content_path`` in the style of ``style_path``; write the result to ``out_path``.
 
     ``size``: (width, height) or "WIDTHxHEIGHT"; both images are resized to it.
@@ -710,6 +715,7 @@ def run_style_transfer(content_path, style_path, out_path, *, size=(400, 300), i
     ``iter_NNNN.png`` and ``on_checkpoint(iteration, png_path, costs)`` is called (costs of
     that step, evaluated before its update). ``extractor``: a prebuilt
     :func:`build_feature_extractor` model of this size, to reuse across calls.
+    ``on_step(iteration, costs)``: called after every step (see :func:`optimize_image`).
 
     Writes ``out_path`` (PNG), ``<stem>_grid.png`` (content | style | result) and
     ``<stem>_costs.png`` (cost curve), each to a temporary name first and renamed into place
@@ -759,7 +765,7 @@ def run_style_transfer(content_path, style_path, out_path, *, size=(400, 300), i
     res = optimize_image(content_rgb, style_rgb, extractor, iterations=iterations, alpha=alpha, beta=beta,
                          learning_rate=learning_rate, tv_weight=tv_weight, style_layers=style_layers,
                          seed=seed, jit_compile=jit_compile, progress=progress,
-                         every=save_every or 0, callback=checkpoint)
+                         every=save_every or 0, callback=checkpoint, on_step=on_step)
 
     final = {"output": out_path,
              "grid": out_path.with_name(f"{out_path.stem}_grid.png"),

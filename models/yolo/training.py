@@ -28,14 +28,16 @@ def pad_boxes(boxes_list, labels_list, max_boxes=None):
 
 
 def yolo_dataset(images, boxes_list, labels_list, anchors, grid_size, num_classes, batch_size=8,
-                 augment=False, shuffle=True, seed=0, repeat=False):
+                 augment=False, shuffle=True, seed=0, repeat=False, augment_options=None, uint8_images=False):
     """``tf.data.Dataset`` of ``(image float32 [0,1] (B,H,W,3), target (B,S,S,A,5+C))``.
 
     Args:
         images: (N, H, W, 3) uint8 array (all the same size).
         boxes_list / labels_list: per image, normalised xyxy boxes and int labels.
         augment: apply ``augment`` with per-example seeds derived from ``seed`` (different
-            every epoch, reproducible run to run).
+            every epoch, reproducible run to run); ``augment_options``: its keyword arguments.
+        uint8_images: yield uint8 images (0-255) instead of float32 in [0, 1], for a model whose
+            preprocessing is inside it (the pipeline's served models take raw uint8 images).
     """
     boxes, labels = pad_boxes(boxes_list, labels_list)
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(images, np.uint8), boxes, labels))
@@ -45,10 +47,13 @@ def yolo_dataset(images, boxes_list, labels_list, anchors, grid_size, num_classe
         ds = ds.repeat()
     if augment:
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
-        ds = ds.map(lambda ex, s: _augment(ex[0], ex[1], ex[2], seed=s))
+        opts = dict(augment_options or {})
+        ds = ds.map(lambda ex, s: _augment(ex[0], ex[1], ex[2], seed=s, **opts))
     else:
         ds = ds.map(lambda im, b, lab: (tf.cast(im, tf.float32) / 255.0, b, lab))
     anchors = np.asarray(anchors, np.float32)
+    if uint8_images:
+        ds = ds.map(lambda im, b, lab: (tf.cast(tf.round(tf.clip_by_value(im, 0.0, 1.0) * 255.0), tf.uint8), b, lab))
     ds = ds.map(lambda im, b, lab: (im, encode_targets(b, lab, anchors, grid_size, num_classes)))
     ds = ds.batch(batch_size).prefetch(2)
     options = tf.data.Options()
