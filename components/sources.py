@@ -59,7 +59,7 @@ FORMATS: dict[str, tuple[str, str, str | None]] = {
     "course_h5": ("data.course_h5", "classification", "paths"),
     "image_folder": ("data.image_folder", "classification", "root"),
     "voc": ("data.voc", "detection", "root"),
-    "coco": ("data.coco", "detection", "annotations"),
+    "coco": ("data.coco", "detection", "annotation_file"),
     "synthetic_shapes": ("data.synthetic_shapes", "detection", None),
     "identity_folders": ("data.identity_folders", "embedding", "root"),
     # `path`: the folder the identities are generated into (optional: without it, a cache
@@ -104,6 +104,8 @@ def open_source(fmt: str, path: str | list[str] | None, options: dict[str, Any])
     out = module.list_refs(**kwargs)
     # Readers return refs, or (refs, classes), or (refs, classes, warnings).
     refs, classes, warnings = (out, [], []) if isinstance(out, list) else (tuple(out) + ([],))[:3]
+    if not classes and refs and fmt in ("voc", "coco"):  # detection readers carry the class list in each ref
+        classes = list(dict(refs[0].extra).get("class_names", ()))
     if not classes:
         classes = getattr(module, "CLASSES", None) or sorted({r.label_name for r in refs if r.label_name})
     loader_kwargs = {}

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
     enrolled_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS embeddings_name ON embeddings(name);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -71,6 +72,15 @@ class FaceDB:
                 f"{self.path} holds embeddings of model version {stored!r}; distances between "
                 "versions are meaningless. Re-enrol every identity with the new model "
                 "(a new database file) instead.")
+
+    # -- metadata (which model to use when a command is given none, its threshold, ...)
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
 
     # -- writes
     def enroll(self, name: str, embeddings, model_version: str) -> int:

@@ -225,10 +225,26 @@ def ui(pipeline_file, host, port, backend_store_uri):
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", "1"]
     click.echo(f"MLflow UI: http://{host}:{port}  (tracking DB {uri}; Ctrl-C to stop)")
+    for name, exp_id in _experiments(uri):
+        # MLflow 3.17 opens on its GenAI home page: link straight to each pipeline's training runs
+        click.echo(f"  {name}: http://{host}:{port}/#/experiments/{exp_id}/runs")
+    click.echo(f"  registered models: http://{host}:{port}/#/models")
     try:
         sys.exit(subprocess.call(cmd))
     except KeyboardInterrupt:
         pass
+
+
+def _experiments(uri: str) -> list[tuple[str, str]]:
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return []
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        return [(e.name, e.experiment_id) for e in client.search_experiments() if e.name != "Default"]
+    except Exception:  # the server still starts; it will report what is wrong
+        return []
 
 
 @main.command()
@@ -292,3 +308,7 @@ def explain(target, pipeline_file, input_shape, classes):
 
 if __name__ == "__main__":
     main()
+from pipeline.cli_stylize import stylize  # noqa: E402
+main.add_command(stylize)
+from pipeline.cli_faces import faces  # noqa: E402
+main.add_command(faces)

@@ -299,7 +299,7 @@ def train(ctx, inputs, params, tp: TrainParams) -> dict:
                                                        min_delta=es.min_delta,
                                                        mode="min" if es_monitor == "loss" else "max"))
     t0 = time.time()
-    hist = model.fit(ds, epochs=params.epochs, steps_per_epoch=tp.steps_per_epoch, callbacks=callbacks,
+    hist = model.fit(ds, epochs=params.epochs, steps_per_epoch=tp.steps_per_epoch, callbacks=callbacks, shuffle=False,
                      verbose=2 if ctx.show_progress else 0)
     train_seconds = time.time() - t0
     history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}

@@ -207,9 +207,14 @@ def test_sigkill_during_training_then_rerun_completes(tmp_path):
     # nothing that looks finished for the trainer
     assert not [p for p in (root / "signs_train").iterdir() if not p.name.startswith(".")]
     r = cli("run", str(y), "--quiet", "--no-tracking", "--to", "signs_train", *_set("signs_train.epochs=30"), cwd=tmp_path)
-    ex = executions(root, last_run_id(r.stdout))
+    rid = last_run_id(r.stdout)
+    ex = executions(root, rid)
     assert ex["signs_gen"]["status"] == "cached" and ex["signs_train"]["status"] == "done"
     assert not list(root.glob("*/.tmp-*"))
+    # training resumed from the last epoch checkpoint instead of starting over
+    log = (root / "logs" / rid / "signs_train.log").read_text()
+    first = int(log.split("train epoch ")[1].split(":")[0])
+    assert first > 1, log[:2000]
 
 
 def test_two_concurrent_runs_both_complete(tmp_path):
@@ -278,7 +283,7 @@ def test_ui_serves_runs_and_registered_model(project):
                                 f"--user-data-dir={d / 'chrome'}", "--virtual-time-budget=15000", "--dump-dom",
                                 f"{base}/#/experiments/{exp['experiment_id']}/runs"],
                                capture_output=True, text=True, timeout=120)
-            assert "signs_" in r.stdout or "cnn-pipeline" in r.stdout
+            assert "Training runs" in r.stdout and "cnn-pipeline" in r.stdout
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

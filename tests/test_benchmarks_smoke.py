@@ -1,0 +1,84 @@
+"""Smoke test of the benchmark modules: they import without TensorFlow, their argument parsing
+and cheap pure helpers work. The benchmarks themselves are not run here (minutes of CPU)."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+import yaml
+
+MODULES = ["benchmarks.bench_trainer_input", "benchmarks.bench_pipeline", "benchmarks.bench_example_gen"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_imports_and_has_main(name):
+    mod = importlib.import_module(name)
+    assert callable(mod.main)
+    assert mod.__doc__ and "python -m benchmarks" in mod.__doc__
+
+
+def test_modules_do_not_import_tensorflow_at_load():
+    import subprocess
+
+    code = ("import sys; " + "; ".join(f"import {m}" for m in MODULES)
+            + "; print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_trainer_input_helpers():
+    from benchmarks.bench_trainer_input import epoch_intervals, images_per_s
+
+    assert epoch_intervals(10.0, [11.0, 11.5, 13.0]) == [1.0, 0.5, 1.5]
+    assert epoch_intervals(0.0, []) == []
+    assert images_per_s(100, [1.0, 2.0, 4.0]) == 50.0
+
+
+def test_pipeline_helpers(tmp_path):
+    from benchmarks.bench_pipeline import imported, make_pipeline_copy, parse_importtime, status_counts
+
+    stderr = ("import time: self [us] | cumulative | imported package\n"
+              "import time:       100 |        100 |     tensorflow.python\n"
+              "import time:      2000 |    1500000 |   tensorflow\n"
+              "import time:        50 |      50000 | click\n")
+    imp = parse_importtime(stderr)
+    assert imp["tensorflow"] == pytest.approx(1.5) and imp["click"] == pytest.approx(0.05)
+    assert imported(stderr, "tensorflow") and not imported(stderr, "keras")
+    assert status_counts("pipeline run 2026-x: 4 cached, 3 done; MLflow run abc") == {"cached": 4, "done": 3}
+    assert status_counts("pipeline run 2026-x: 7 cached") == {"cached": 7}
+
+    src = tmp_path / "src" / "pipeline.yaml"
+    src.parent.mkdir()
+    src.write_text(yaml.safe_dump({"name": "p", "root": "pipeline_root", "tracking": {"uri": "sqlite:///mlflow.db"},
+                                   "components": {"gen": {"type": "ExampleGen", "params": {
+                                       "source": {"format": "image_folder", "path": "data/imgs"}}}}}))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    cfg = yaml.safe_load(make_pipeline_copy(src, dest).read_text())
+    assert cfg["root"] == str(dest / "pipeline_root")
+    assert cfg["tracking"]["uri"] == f"sqlite:///{dest / 'mlflow.db'}"
+    assert cfg["components"]["gen"]["params"]["source"]["path"] == str((src.parent / "data/imgs").resolve())
+
+
+def test_example_gen_helpers(tmp_path):
+    from benchmarks.bench_example_gen import list_images, make_tiny_copy
+
+    root = tmp_path / "ds"
+    for cls in ("0", "1"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            (root / cls / f"{i}.jpg").write_bytes(b"x")
+        (root / cls / "notes.txt").write_text("ignored")
+    images = list_images(root)
+    assert [(p.name, c) for p, c in images] == [("0.jpg", "0"), ("1.jpg", "0"), ("2.jpg", "0"),
+                                                ("0.jpg", "1"), ("1.jpg", "1"), ("2.jpg", "1")]
+    n = make_tiny_copy(images, tmp_path / "tiny", 2)
+    assert n == 2 and sorted(p.parent.name for p in (tmp_path / "tiny").rglob("*.jpg")) == ["0", "1"]
+
+
+def test_example_gen_skips_without_dataset(tmp_path, capsys):
+    from benchmarks.bench_example_gen import main
+
+    assert main(["--path", str(tmp_path / "absent")]) == {}
+    assert "skipped" in capsys.readouterr().out
