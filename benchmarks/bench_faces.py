@@ -3,6 +3,9 @@ batches of AT&T people s1-s30, evaluate verification/identification on the unsee
 
     .venv/bin/python -m benchmarks faces              # full run (a few minutes on 2 cores)
     .venv/bin/python -m benchmarks faces --quick      # smoke run (seconds, numbers meaningless)
+    .venv/bin/python -m benchmarks faces --pipeline-root pipeline_root   # report the last
+        `python -m pipeline run configs/faces_att.yaml` (its Evaluator's metrics, the Trainer's
+        throughput, the model's embedding throughput) instead of training here
 
 Targets (unseen people): 10-fold verification accuracy >= 0.95 on LFW-style balanced pairs
 (all 450 matched pairs of the 100 test images + 450 sampled mismatched ones), ROC AUC >= 0.98
@@ -64,6 +67,52 @@ def _fixed_batches_ds(x, y, P, K, n_batches, seed):
     return ds.with_options(opts)
 
 
+def _from_pipeline(args) -> dict:
+    """The numbers of the last pipeline run of configs/faces_att.yaml (Trainer + Evaluator)."""
+    import json
+    from pathlib import Path
+
+    root = Path(args.pipeline_root)
+
+    def newest(pattern):
+        found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise SystemExit(f"nothing matches {root}/{pattern}: run the pipeline first")
+        return found[-1]
+
+    metrics = json.loads(newest("faces_eval/*/evaluation/metrics.json").read_text())
+    info_path = newest("faces_train/*/model/model_info.json")
+    info = json.loads(info_path.read_text())
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from components.tasks.embedding import embed
+    from models.preprocessing import load_model
+
+    model = load_model(info_path.parent / "model.keras")
+    h, w = info["image_size"]
+    x = np.random.default_rng(0).integers(0, 255, (100, h, w, 3), dtype=np.uint8)
+    flip = bool(info.get("flip_embeddings"))
+    emb_med, _ = median_time(lambda: embed(model, x, 100, flip), repeats=3, warmup=1)
+    targets = {"accuracy_mean": 0.95, "roc_auc": 0.98, "rank1_accuracy": 0.90}
+    result = {"command": "python -m pipeline run configs/faces_att.yaml; python -m benchmarks faces "
+                         f"--pipeline-root {args.pipeline_root}",
+              "dataset": "AT&T faces: train s1-s30, test s31-s40 (unseen), through the pipeline",
+              "test": {k: metrics.get(k) for k in ("accuracy_mean", "accuracy_std", "roc_auc", "eer", "tar_at_far",
+                                                   "threshold", "rank1_accuracy", "num_pairs", "roc_auc_all_pairs",
+                                                   "eer_all_pairs", "pair_mode", "accuracy_at_model_threshold")},
+              "targets": targets,
+              "targets_met": {k: bool((metrics.get(k) or 0) >= v) for k, v in targets.items()},
+              "train": {k: info.get(k) for k in ("train_seconds", "images_per_second", "epochs_run", "threshold",
+                                                 "task_params", "hyperparameters", "params")},
+              "embed_images_per_s": round(len(x) * (2 if flip else 1) / emb_med, 1),
+              "embed_flip": flip}
+    path = write_result(args.result_name, result)
+    t = result["test"]
+    print(f"faces (pipeline): 10-fold acc {t['accuracy_mean']:.4f} +- {t['accuracy_std']:.4f}, AUC {t['roc_auc']:.4f}, "
+          f"rank-1 {t['rank1_accuracy']:.4f}; train {info['train_seconds']:.0f} s at "
+          f"{info['images_per_second']:.0f} images/s -> {path}")
+    return result
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks faces", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,7 +139,10 @@ def main(argv=None) -> dict:
                     help="average the embeddings of each test image and its mirror image")
     ap.add_argument("--result-name", default="faces", help="benchmarks/results/<name>.json")
     ap.add_argument("--quick", action="store_true", help="a few steps only: checks the wiring")
+    ap.add_argument("--pipeline-root", help="report the newest faces_train/faces_eval executions there")
     args = ap.parse_args(argv)
+    if args.pipeline_root:
+        return _from_pipeline(args)
     if args.quick:
         args.epochs, args.steps = 1, 3
 

@@ -65,14 +65,34 @@ def make_pipeline_copy(src: Path, dest_dir: Path) -> Path:
     cfg["root"] = str(dest_dir / "pipeline_root")
     cfg.setdefault("tracking", {})["uri"] = f"sqlite:///{dest_dir / 'mlflow.db'}"
     base = Path(src).resolve().parent
+
+    def fix(v):  # any relative path in params that exists next to the original file -> absolute
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        if isinstance(v, str) and v and not Path(v).expanduser().is_absolute() and "/" in v and (base / v).exists():
+            return str((base / v).resolve())
+        return v
+
     for comp in (cfg.get("components") or {}).values():
-        source = ((comp or {}).get("params") or {}).get("source")
-        if isinstance(source, dict) and source.get("path"):
-            fix = lambda p: p if Path(p).expanduser().is_absolute() else str((base / p).resolve())  # noqa: E731
-            source["path"] = [fix(p) for p in source["path"]] if isinstance(source["path"], list) else fix(source["path"])
+        if isinstance(comp, dict) and isinstance(comp.get("params"), dict):
+            comp["params"] = fix(comp["params"])
     out = dest_dir / "pipeline.yaml"
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return out
+
+
+SNAPSHOT_SKIP = {".git", ".venv", "pipeline_root", "mlruns", "mlflow.db", "results", "__pycache__", ".pytest_cache"}
+
+
+def snapshot_project(src: Path, dest: Path) -> Path:
+    """Copy the project's sources (not the venv, artifacts or results) so that edits made to the
+    working tree while the benchmark runs cannot change cache keys between the timed reruns."""
+    import shutil
+
+    shutil.copytree(src, dest, symlinks=True, ignore=lambda d, names: [n for n in names if n in SNAPSHOT_SKIP])
+    return dest
 
 
 def _env() -> dict:
@@ -138,6 +158,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--help-repeats", type=int, default=5)
     ap.add_argument("--help-only", action="store_true")
+    ap.add_argument("--no-snapshot", action="store_true",
+                    help="run the live working tree instead of a copy of its sources")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
     args = ap.parse_args(argv)
     py = sys.executable
@@ -148,19 +170,20 @@ def main(argv=None) -> dict:
         tmp = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
         try:
             yml = make_pipeline_copy(Path(args.pipeline), tmp)
+            cwd = PROJECT_ROOT if args.no_snapshot else snapshot_project(PROJECT_ROOT, tmp / "src")
             cmd = [py, "-m", "pipeline", "run", str(yml), "--quiet"]
             for s in args.overrides:
                 cmd += ["--set", s]
             print(f"first run (fills the cache): {' '.join(cmd[1:])}")
             stamp0 = tree_stamp()
-            t_first, p = _run(cmd, PROJECT_ROOT)
+            t_first, p = _run(cmd, cwd)
             if p.returncode != 0:
                 raise RuntimeError(f"first pipeline run failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
             first_line = summary_line(p.stdout)
             print(f"  {t_first:.1f}s  {first_line}")
             times, lines = [], []
             for i in range(args.repeats):
-                t, p = _run(cmd, PROJECT_ROOT)
+                t, p = _run(cmd, cwd)
                 if p.returncode != 0:
                     raise RuntimeError(f"cached rerun failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
                 times.append(t)
@@ -168,16 +191,16 @@ def main(argv=None) -> dict:
                 print(f"  cached rerun {i + 1}: {t:.2f}s  {lines[-1]}  (load {os.getloadavg()[0]:.1f})")
             counts = [status_counts(ln) for ln in lines]
             all_cached = all(set(c) == {"cached"} for c in counts)
-            code_changed = tree_stamp() != stamp0
+            code_changed = args.no_snapshot and tree_stamp() != stamp0
             if not all_cached:
                 print(f"  WARNING: a rerun executed components: {counts}"
                       + ("; the project's sources were edited during the benchmark (cache keys changed): "
                          "rerun it on a quiet tree" if code_changed else ""))
-            _, p = _run([py, "-X", "importtime", *cmd[1:]], PROJECT_ROOT)
+            _, p = _run([py, "-X", "importtime", *cmd[1:]], cwd)
             imp = parse_importtime(p.stderr)
             result["cached_rerun"] = {
                 "command": " ".join(["python", *cmd[1:]]).replace(str(yml), "<tmp>/pipeline.yaml"),
-                "overrides": args.overrides, "first_run_s": t_first, "first_run_summary": first_line,
+                "overrides": args.overrides, "snapshot_of_sources": not args.no_snapshot, "first_run_s": t_first, "first_run_summary": first_line,
                 "median_s": statistics.median(times), "times_s": times, "summaries": lines,
                 "status_counts": counts, "all_cached": all_cached, "sources_edited_during_run": code_changed,
                 "tensorflow_imported": "tensorflow" in imp,

@@ -15,6 +15,10 @@ Measures
   process (ratio), and ``voc_evaluate``;
 * ``--train``: ``build_small_yolo`` (128 px, stride 16) trained on synthetic shapes with
   augmentation for a fixed time budget, held-out mAP@.5 (COCO and VOC) reported.
+* ``--evaluation DIR`` (repeatable): the numbers of detection Evaluator outputs of pipeline
+  runs (e.g. ``configs/shapes.yaml``, ``configs/bccd.yaml``): COCO/VOC mAP, per-class AP@.5,
+  the COCO implementation, the evaluation's own timings, and the Trainer's training time read
+  from the evaluated model's ``model_info.json`` (found through the execution's metadata).
 Results go to ``benchmarks/results/yolo.json``.
 """
 from __future__ import annotations
@@ -126,6 +130,31 @@ def _bench_train(minutes: float, n_train: int, n_test: int, size: int = 128) -> 
             "target_mAP_50": 0.90, "target_met": bool(coco["mAP_50"] >= 0.90)}
 
 
+def _pipeline_numbers(eval_dir: str) -> dict:
+    """Summary of a detection Evaluator execution folder (the one holding ``evaluation/``)."""
+    import json
+    from pathlib import Path
+
+    d = Path(eval_dir)
+    ev = d / "evaluation" if (d / "evaluation").is_dir() else d
+    m = json.loads((ev / "metrics.json").read_text())
+    out = {"evaluation": str(ev), "split": m["split"], "num_images": m["num_images"],
+           "coco": {k: m["coco"].get(k) for k in ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large",
+                                                   "AR_100", "per_class_AP50", "implementation", "version")},
+           "voc_mAP_50_all": m["voc"]["mAP_all"], "voc_mAP_50_11pt": m["voc"]["mAP_11"],
+           "voc_per_class_ap_all": {k: v["ap_all"] for k, v in m["voc"]["per_class"].items()},
+           "timings": m["timings"]}
+    meta_path = ev.parent / "metadata.json"
+    if meta_path.exists():
+        model_dir = json.loads(meta_path.read_text()).get("inputs", {}).get("model")
+        if model_dir and (Path(model_dir) / "model_info.json").exists():
+            info = json.loads((Path(model_dir) / "model_info.json").read_text())
+            out["train"] = {k: info.get(k) for k in ("model", "image_size", "grid", "epochs_run", "best_epoch",
+                                                      "train_seconds", "images_per_second", "anchor_mean_iou",
+                                                      "params")}
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks yolo", description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
@@ -133,15 +162,24 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-minutes", type=float, default=10.0)
     parser.add_argument("--train-images", type=int, default=800)
     parser.add_argument("--test-images", type=int, default=200)
+    parser.add_argument("--evaluation", action="append", default=[], metavar="DIR",
+                        help="a detection Evaluator's execution folder of a pipeline run (repeatable)")
+    parser.add_argument("--skip-timings", action="store_true", help="only --train / --evaluation numbers")
     args = parser.parse_args(argv)
     result = {"command": "python -m benchmarks yolo " + " ".join(argv or [])}
-    result.update(_bench_decoding(args.repeats))
-    result.update(_bench_map(max(3, args.repeats // 4)))
+    if not args.skip_timings:
+        result.update(_bench_decoding(args.repeats))
+        result.update(_bench_map(max(3, args.repeats // 4)))
+    if args.evaluation:
+        result["pipeline_runs"] = [_pipeline_numbers(e) for e in args.evaluation]
+        for r in result["pipeline_runs"]:
+            print(f"pipeline {r['evaluation']}: mAP@.5 {r['coco']['mAP_50']:.3f}, mAP {r['coco']['mAP']:.3f}, "
+                  f"VOC AP@.5 {r['voc_mAP_50_all']:.3f}")
     if args.train:
         result["train"] = _bench_train(args.train_minutes, args.train_images, args.test_images)
     path = write_result("yolo", result)
     for k, v in result.items():
-        if k != "train":
+        if k not in ("train", "pipeline_runs"):
             print(f"{k}: {v}")
     if "train" in result:
         t = result["train"]

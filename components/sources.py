@@ -104,8 +104,9 @@ def open_source(fmt: str, path: str | list[str] | None, options: dict[str, Any])
     out = module.list_refs(**kwargs)
     # Readers return refs, or (refs, classes), or (refs, classes, warnings).
     refs, classes, warnings = (out, [], []) if isinstance(out, list) else (tuple(out) + ([],))[:3]
-    if not classes and refs and fmt in ("voc", "coco"):  # detection readers carry the class list in each ref
-        classes = list(dict(refs[0].extra).get("class_names", ()))
+    if not classes and refs and fmt in ("voc", "coco", "synthetic_shapes"):  # detection refs carry the class list
+        extra = dict(refs[0].extra)
+        classes = list(extra.get("class_names", extra.get("classes", ())))
     if not classes:
         classes = getattr(module, "CLASSES", None) or sorted({r.label_name for r in refs if r.label_name})
     loader_kwargs = {}

@@ -106,12 +106,13 @@ def _params_tuple(params: dict) -> tuple:
     return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in params.items()))
 
 
-def list_refs(num_images: int = 200, seed: int = 0, start: int = 0, **scene_params) -> list[Ref]:
-    """Refs for scenes ``start .. start + num_images - 1``; ``scene_params`` as in ``make_scene``."""
-    params = {**_DEFAULTS, **scene_params}
-    unknown = set(params) - set(_DEFAULTS)
-    if unknown:
-        raise TypeError(f"synthetic_shapes: unknown parameters {sorted(unknown)}; known: {sorted(_DEFAULTS)}")
+def list_refs(num_images: int = 200, seed: int = 0, start: int = 0, image_size: int = 128, classes=CLASSES,
+              min_objects: int = 1, max_objects: int = 4, scale_range=(0.15, 0.45), max_overlap: float = 0.3
+              ) -> list[Ref]:
+    """Refs for scenes ``start .. start + num_images - 1``; the scene parameters as in ``make_scene``
+    (spelled out so ExampleGen's ``source.options`` are checked against them)."""
+    params = {"image_size": image_size, "classes": tuple(classes), "min_objects": min_objects,
+              "max_objects": max_objects, "scale_range": tuple(scale_range), "max_overlap": max_overlap}
     extra = (("seed", int(seed)),) + _params_tuple(params)
     return [Ref(key=f"shapes_{seed}_{i:06d}", source="synthetic_shapes", index=i, extra=extra)
             for i in range(start, start + num_images)]

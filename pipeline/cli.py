@@ -312,3 +312,5 @@ from pipeline.cli_stylize import stylize  # noqa: E402
 main.add_command(stylize)
 from pipeline.cli_faces import faces  # noqa: E402
 main.add_command(faces)
+from pipeline.cli_detect import detect  # noqa: E402
+main.add_command(detect)

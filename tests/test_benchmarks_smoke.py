@@ -49,7 +49,7 @@ def test_pipeline_helpers(tmp_path):
     assert status_counts("pipeline run 2026-x: 7 cached") == {"cached": 7}
 
     src = tmp_path / "src" / "pipeline.yaml"
-    src.parent.mkdir()
+    (src.parent / "data" / "imgs").mkdir(parents=True)  # relative paths that exist are made absolute
     src.write_text(yaml.safe_dump({"name": "p", "root": "pipeline_root", "tracking": {"uri": "sqlite:///mlflow.db"},
                                    "components": {"gen": {"type": "ExampleGen", "params": {
                                        "source": {"format": "image_folder", "path": "data/imgs"}}}}}))

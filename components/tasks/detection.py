@@ -592,3 +592,161 @@ def finalize(rows, out_dir, info) -> dict:
     cats = [{"id": i + 1, "name": n} for i, n in enumerate(info["classes"])]
     (out_dir / "coco_images.json").write_text(json.dumps({"images": images, "categories": cats}, indent=2))
     return {"detections": float(len(dets)), "images": float(len(rows))}
+
+
+# ---------------------------------------------------------------- `python -m pipeline detect`
+
+def _palette(n: int) -> list[tuple[int, int, int]]:
+    import colorsys
+
+    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(n, 1), 0.9, 1.0)) for i in range(n)]
+
+
+def draw_boxes(image, detections, class_names, path) -> None:
+    """Draw ``[{"box": [xmin, ymin, xmax, ymax] pixels, "label", "score"}]`` with class names and
+    scores on a copy of the uint8 image and save it (the course's ``draw_boxes``)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.fromarray(image)
+    draw = ImageDraw.Draw(img)
+    thickness = max(1, (img.width + img.height) // 400)
+    size = max(10, (img.width + img.height) // 60)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    colours = _palette(len(class_names))
+    for d in sorted(detections, key=lambda d: d["score"]):
+        x1, y1, x2, y2 = d["box"]
+        colour = colours[int(d["label"]) % len(colours)]
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=thickness)
+        text = f"{class_names[int(d['label'])]} {d['score']:.2f}"
+        tb = draw.textbbox((0, 0), text, font=font)
+        tw, th = tb[2] - tb[0], tb[3] - tb[1]
+        ty = y1 - th - 4 if y1 - th - 4 >= 0 else y1 + 1
+        draw.rectangle([x1, ty, x1 + tw + 4, ty + th + 4], fill=colour)
+        draw.text((x1 + 2, ty + 1), text, fill=(0, 0, 0), font=font)
+    img.save(path)
+
+
+def _fit(image, size, mode: str):
+    """Resize a uint8 image to ``size`` (h, w): ``plain`` (the course's and ExampleGen's resize) or
+    ``letterbox`` (keep the aspect ratio, pad with grey). Returns (resized, unmap) where unmap
+    turns relative xyxy boxes of the resized image into pixels of the original."""
+    import numpy as np
+    from PIL import Image
+
+    h0, w0 = image.shape[:2]
+    h, w = size
+    if mode == "plain":
+        out = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC)) if (h0, w0) != (h, w) else image
+
+        def unmap(b):
+            return np.clip(np.asarray(b, np.float32).reshape(-1, 4) * [w0, h0, w0, h0], 0, [w0, h0, w0, h0])
+        return out, unmap
+    s = min(h / h0, w / w0)
+    nh, nw = max(1, round(h0 * s)), max(1, round(w0 * s))
+    top, left = (h - nh) // 2, (w - nw) // 2
+    canvas = np.full((h, w, 3), 128, np.uint8)
+    canvas[top:top + nh, left:left + nw] = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC))
+
+    def unmap(b):
+        px = np.asarray(b, np.float32).reshape(-1, 4) * [w, h, w, h]
+        px = (px - [left, top, left, top]) / s
+        return np.clip(px, 0, [w0, h0, w0, h0])
+    return canvas, unmap
+
+
+def _load_any_detector(model: str, tracking_uri: str, classes_file, anchors_file, input_size: int):
+    """(kind "course"|"pipeline", keras model, class names, anchors (grid units), input (h, w))."""
+    import numpy as np
+
+    p = Path(model)
+    if p.suffix.lower() in (".h5", ".hdf5") or classes_file or anchors_file:
+        from models.yolo import load_course_model, read_anchors, read_classes
+
+        if not (classes_file and anchors_file):
+            raise ComponentError("the course's YOLOv2 needs --classes coco_classes.txt and --anchors yolo_anchors.txt "
+                                 "beside the weights file")
+        for f, opt in ((classes_file, "--classes"), (anchors_file, "--anchors")):
+            if not Path(f).is_file():
+                raise ComponentError(f"{opt} {f}: file not found")
+        names, anchors = read_classes(classes_file), read_anchors(anchors_file)
+        try:
+            net = load_course_model(p, input_shape=(input_size, input_size, 3), num_anchors=len(anchors),
+                                    num_classes=len(names))
+        except (FileNotFoundError, ValueError) as e:
+            raise ComponentError(str(e)) from None
+        return "course", net, names, anchors, (input_size, input_size)
+    from components.predict import PredictError, load_classifier
+
+    try:
+        net, info = load_classifier(model, tracking_uri)
+    except PredictError as e:
+        raise ComponentError(str(e)) from None
+    if info.get("task") != "detection":
+        raise ComponentError(f"{model}: a {info.get('task')} model, not a detector (use `python -m pipeline predict`)")
+    return "pipeline", net, list(info["classes"]), np.asarray(info["anchors"], np.float32), tuple(info["image_size"])
+
+
+def detect_images(model: str, images: list[str], out_dir, *, score_threshold: float = 0.3,
+                  iou_threshold: float = 0.5, max_boxes: int = 10, classes_file=None, anchors_file=None,
+                  input_size: int = 608, resize: str = "plain", tracking_uri: str = "sqlite:///mlflow.db",
+                  echo=print) -> list[dict]:
+    """Detect objects in image files, draw them into ``out_dir/<stem>.png`` and write
+    ``out_dir/detections.json``; returns the rows. The course's YOLOv2 (a weights file +
+    classes + anchors) is decoded with the course's ``yolo_head`` + ``yolo_eval`` (class-agnostic
+    NMS, ``max_boxes``); a pipeline detector with the batched per-class decoder."""
+    import numpy as np
+
+    from data.records import BadRecord, read_image_file
+    from models.yolo import decode_predictions, yolo_eval, yolo_head
+
+    kind, net, names, anchors, (h, w) = _load_any_detector(model, tracking_uri, classes_file, anchors_file, input_size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, used = [], set()
+    for path in images:
+        try:
+            img = read_image_file(path)
+        except BadRecord as e:
+            rows.append({"image": path, "error": e.reason})
+            echo(f"{path}: {e.reason}")
+            continue
+        fitted, unmap = _fit(img, (h, w), resize)
+        if kind == "course":
+            raw = net(fitted[None].astype(np.float32) / 255.0, training=False)
+            scores, boxes, classes = yolo_eval(yolo_head(raw, anchors, len(names)), image_shape=(1.0, 1.0),
+                                               max_boxes=max_boxes, score_threshold=score_threshold,
+                                               iou_threshold=iou_threshold)
+            yxyx = np.asarray(boxes).reshape(-1, 4)
+            rel = yxyx[:, [1, 0, 3, 2]]
+            scores, classes = np.asarray(scores).reshape(-1), np.asarray(classes).reshape(-1)
+        else:
+            raw = net(fitted[None], training=False)
+            dec = decode_predictions(raw, anchors, len(names), score_threshold=score_threshold,
+                                     iou_threshold=iou_threshold, max_detections=max_boxes)
+            n = int(dec["num_detections"][0])
+            rel = np.asarray(dec["boxes"][0])[:n]
+            scores, classes = np.asarray(dec["scores"][0])[:n], np.asarray(dec["classes"][0])[:n]
+        px = unmap(rel)
+        dets = [{"class": names[int(c)], "label": int(c), "score": round(float(s), 4),
+                 "box": [round(float(v), 1) for v in b]} for b, s, c in zip(px, scores, classes)]
+        dets.sort(key=lambda d: -d["score"])
+        stem = Path(path).stem
+        name = stem if stem not in used else f"{stem}_{len(rows)}"
+        used.add(name)
+        drawn = out_dir / f"{name}.png"
+        draw_boxes(img, dets, names, drawn)
+        rows.append({"image": path, "width": int(img.shape[1]), "height": int(img.shape[0]), "output": str(drawn),
+                     "detections": dets})
+        echo(f"Found {len(dets)} boxes for {path}")
+        for d in dets:
+            x1, y1, x2, y2 = (int(round(v)) for v in d["box"])
+            echo(f"  {d['class']} {d['score']:.2f} ({x1}, {y1}) ({x2}, {y2})")
+    meta = {"model": model, "kind": kind, "classes": names, "input_size": [h, w], "resize": resize,
+            "score_threshold": score_threshold, "iou_threshold": iou_threshold, "max_boxes": max_boxes,
+            "nms": "class-agnostic (the course's yolo_eval)" if kind == "course" else "per class",
+            "images": rows}
+    (out_dir / "detections.json").write_text(json.dumps(meta, indent=2))
+    return rows

@@ -41,6 +41,7 @@ def done(tmp_path_factory):
     return d, meta
 
 
+@pytest.mark.slow  # TensorFlow start-up + VGG-19 trace: ~25 s quiet, ~60 s on a loaded machine
 def test_outputs_costs_and_image(done):
     d, meta = done
     out = d / "out" / "stylized"
@@ -94,6 +95,7 @@ def test_wrong_weights_file(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_image_from_input_artifact(done, tmp_path):
     # The previous result as content (a `stylized` folder: its result.png is used).
     d, _ = done

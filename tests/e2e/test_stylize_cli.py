@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +33,7 @@ def test_help_lists_stylize_without_tensorflow():
     assert "--weights" in cli("stylize", "--help").stdout
 
 
+@pytest.mark.slow  # a fresh process: TensorFlow start-up + VGG-19 trace
 def test_stylize_writes_png_grid_and_costs(tmp_path):
     rng = np.random.default_rng(0)
     content, style = tmp_path / "c.jpg", tmp_path / "s.png"

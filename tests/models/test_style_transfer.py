@@ -230,11 +230,14 @@ def test_run_style_transfer_end_to_end(image_files, tmp_path, extractor):
     from PIL import Image
     content, style = image_files
     out = tmp_path / "out" / "result.png"
-    calls = []
+    calls, steps = [], []
     res = st.run_style_transfer(content, style, out, size=f"{W}x{H}", iterations=10, save_every=4,
                                 progress=False, extractor=extractor,
-                                on_checkpoint=lambda i, p, c: calls.append((i, p, c)))
+                                on_checkpoint=lambda i, p, c: calls.append((i, p, c)),
+                                on_step=lambda i, c: steps.append((i, c["J"])))
     assert res["output"] == str(out) and out.is_file()
+    assert [i for i, _ in steps] == list(range(1, 11))  # on_step: after every step, with its costs
+    assert [j for _, j in steps] == res["history"]["J"]
     with Image.open(out) as im:
         assert im.size == (W, H) and im.mode == "RGB"
         arr = np.asarray(im)

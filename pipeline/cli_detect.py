@@ -1,0 +1,72 @@
+"""`python -m pipeline detect`: draw a detector's boxes, class names and scores on image files.
+
+Kept out of pipeline/cli.py (which registers it with ``main.add_command(detect)``); imports only
+click at module level so `python -m pipeline --help` stays free of TensorFlow."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("detect")
+@click.option("--model", "model_uri", required=True,
+              help="models:/NAME@ALIAS, models:/NAME/VERSION, a detection Trainer's model folder or model.keras, "
+                   "or the course's YOLOv2 weights (.h5, with --classes and --anchors).")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the drawn images (<name>.png) and detections.json.")
+@click.option("--score-threshold", default=0.3, show_default=True, type=click.FloatRange(0, 1),
+              help="Keep boxes whose class score p_c * c_i is at least this.")
+@click.option("--iou-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="NMS IoU.")
+@click.option("--max-boxes", default=10, show_default=True, type=click.IntRange(1), help="Boxes per image at most.")
+@click.option("--classes", "classes_file", type=click.Path(), help="The course's coco_classes.txt (course model).")
+@click.option("--anchors", "anchors_file", type=click.Path(), help="The course's yolo_anchors.txt (course model).")
+@click.option("--input-size", default=608, show_default=True, type=click.IntRange(32),
+              help="Course model input side (multiple of 32; 608 -> 19x19 grid).")
+@click.option("--resize", type=click.Choice(["plain", "letterbox"]), default="plain", show_default=True,
+              help="plain: stretch to the model input (the course's preprocess_image, and ExampleGen's); "
+                   "letterbox: keep the aspect ratio and pad with grey. Boxes are mapped back to the image either way.")
+@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True)
+def detect(model_uri, images, out_dir, score_threshold, iou_threshold, max_boxes, classes_file, anchors_file,
+           input_size, resize, tracking_uri):
+    """Detect objects in IMAGE files: print the boxes, draw them with class names and scores into
+    --out, and write --out/detections.json (the course's `predict`).
+
+    \b
+    Examples:
+      python -m pipeline detect --model models:/yolo-shapes@champion scene.png --out detections/
+      python -m pipeline detect --model pipeline_root/shapes_train/<key>/model a.jpg b.jpg --out det/
+      python -m pipeline detect --model model_data/yolo.h5 --classes model_data/coco_classes.txt \\
+          --anchors model_data/yolo_anchors.txt images/test.jpg --out out/
+    """
+    missing = [p for p in images if not Path(p).is_file()]
+    if missing:
+        click.secho(f"image not found: {', '.join(missing)}", fg="red", err=True)
+        sys.exit(2)
+    if input_size % 32:
+        click.secho(f"--input-size {input_size}: must be a multiple of 32", fg="red", err=True)
+        sys.exit(2)
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("absl", "tensorflow", "mlflow", "alembic", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    from components.base import ComponentError
+    from components.tasks.detection import detect_images
+
+    try:
+        rows = detect_images(model_uri, list(images), out_dir, score_threshold=score_threshold,
+                             iou_threshold=iou_threshold, max_boxes=max_boxes, classes_file=classes_file,
+                             anchors_file=anchors_file, input_size=input_size, resize=resize,
+                             tracking_uri=tracking_uri, echo=click.echo)
+    except ComponentError as e:
+        click.secho(str(e), fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {Path(out_dir) / 'detections.json'}")
+    if any("error" in r for r in rows):
+        sys.exit(1)
