@@ -130,7 +130,9 @@ class _LoadDoFn:
         from data.records import BadRecord
         from data.tfrecord import encode_example
 
-        params = ExampleGenParams.model_validate_json(self.params_json)
+        if getattr(self, "_params", None) is None:  # parse once per worker, not once per record
+            self._params = ExampleGenParams.model_validate_json(self.params_json)
+        params = self._params
         try:
             rec = self.loader(ref)
         except BadRecord as e:

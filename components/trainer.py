@@ -116,8 +116,12 @@ def _lr_callback(params: TrainerParams, base_lr: float, epochs: int):
     return keras.callbacks.LearningRateScheduler(schedule)
 
 
-def make_dataset(files, image_size, batch_size, *, shuffle_buffer=0, seed=0, cache=True, binary=False):
-    """The Trainer's input pipeline: parse -> decode -> cache -> shuffle -> batch -> prefetch."""
+def make_dataset(files, image_size, batch_size, *, shuffle_buffer=0, seed=0, cache=True, binary=False,
+                 num_examples: int | None = None):
+    """The Trainer's input pipeline: parse -> decode -> cache -> shuffle -> batch -> prefetch.
+    `num_examples` (from schema.json) declares the length, so Keras knows the epoch size."""
+    import math
+
     import tensorflow as tf
 
     from data.tfrecord import classification_dataset
@@ -129,7 +133,10 @@ def make_dataset(files, image_size, batch_size, *, shuffle_buffer=0, seed=0, cac
         ds = ds.cache()
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).prefetch(2)
+    ds = ds.batch(batch_size)
+    if num_examples:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(num_examples / batch_size)))
+    ds = ds.prefetch(2)
     opts = tf.data.Options()
     opts.autotune.enabled = False  # the autotune thread stalls fit at epoch ends on this CPU
     opts.deterministic = True
@@ -318,8 +325,9 @@ def run(ctx, inputs, params: TrainerParams):
     eval_files = eval_files if eval_files and schema["splits"].get(params.eval_split, 0) else []
     binary = task == "binary"
     train_ds = make_dataset(train_files, image_size, params.batch_size, shuffle_buffer=params.shuffle_buffer,
-                            seed=params.seed, binary=binary)
-    val_ds = make_dataset(eval_files, image_size, params.batch_size, binary=binary) if eval_files else None
+                            seed=params.seed, binary=binary, num_examples=schema["splits"].get(params.train_split))
+    val_ds = make_dataset(eval_files, image_size, params.batch_size, binary=binary,
+                          num_examples=schema["splits"].get(params.eval_split)) if eval_files else None
 
     model, core = build_full_model(params, transform_cfg, num_classes)
     if "base_model" in inputs:  # transfer learning from another Trainer of the pipeline
@@ -343,7 +351,8 @@ def run(ctx, inputs, params: TrainerParams):
             cbs.append(keras.callbacks.EarlyStopping(monitor=es.monitor if val_ds is not None else es.monitor.removeprefix("val_"),
                                                      patience=es.patience, min_delta=es.min_delta))
         return model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                         callbacks=cbs, verbose=2 if ctx.show_progress else 0)
+                         callbacks=cbs, shuffle=False,  # the dataset shuffles itself
+                         verbose=2 if ctx.show_progress else 0)
 
     keep_best = _KeepBest.make(monitor)
     t0 = time.time()

@@ -110,8 +110,9 @@ def _print_summary(result, p):
     counts = {}
     for e in result.executions.values():
         counts[e.status] = counts.get(e.status, 0) + 1
-    c.print(f"pipeline run [bold]{result.run_id}[/]: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-            + (f"; MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else ""))
+    # one plain line (not wrapped by rich at 80 columns): scripts read the run id from it
+    click.echo(f"pipeline run {result.run_id}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+               + (f"; MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else ""))
 
 
 @main.command("validate")
