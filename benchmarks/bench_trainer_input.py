@@ -97,14 +97,15 @@ def _transform_cfg(x, image_size) -> dict:
             "std": flat.std(0).tolist(), "augmentation": None}
 
 
-def _fit_once(feed: str, x, y, files, image_size, cfg, num_classes, batch_size, epochs, seed) -> dict:
+def _fit_once(feed: str, x, y, files, image_size, cfg, num_classes, batch_size, epochs, seed,
+              model_name: str = "signs_cnn") -> dict:
     import keras
     import tensorflow as tf
 
     from components.trainer import TrainerParams, build_full_model, make_dataset
 
     keras.utils.set_random_seed(seed)
-    params = TrainerParams(model="signs_cnn", batch_size=batch_size, seed=seed)
+    params = TrainerParams(model=model_name, batch_size=batch_size, seed=seed)
     model, _ = build_full_model(params, cfg, num_classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
@@ -150,6 +151,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=10, help="timed epochs per fit (after 1 warm-up epoch)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three feeds")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="signs_cnn", help="registered model (resnet50 for issue 3's ratio)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -180,7 +182,7 @@ def main(argv=None) -> dict:
         for r in range(args.rounds):
             for feed in FEEDS:
                 res = _fit_once(feed, x, y, files, image_size, cfg, num_classes, args.batch_size, args.epochs,
-                                args.seed)
+                                args.seed, model_name=args.model)
                 runs[feed].append(res)
                 print(f"  round {r + 1} {feed:13s} median epoch {statistics.median(res['boundary_s']):.3f}s "
                       f"(in-epoch {statistics.median(res['in_epoch_s']):.3f}s, max {max(res['boundary_s']):.3f}s), "
@@ -214,14 +216,14 @@ def main(argv=None) -> dict:
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1-min)")
     result = {
         "dataset": eg_params["source"], "images": n, "image_size": list(image_size), "batch_size": args.batch_size,
-        "model": "signs_cnn behind build_full_model preprocessing", "timed_epochs_per_fit": args.epochs,
+        "model": f"{args.model} behind build_full_model preprocessing", "timed_epochs_per_fit": args.epochs,
         "rounds": args.rounds, "example_gen_seconds": eg_seconds, "feeds": feeds,
         "ratio_tfrecord_vs_numpy_fit": ratio_fit, "ratio_tfrecord_vs_numpy_slices": ratio_slices,
         "ratio_baseline": best, "ratio": ratio, "target": 0.95, "target_met": ratio >= 0.95,
         "epoch_time": "boundary to boundary (consecutive on_epoch_end), median over timed epochs of all rounds",
         "loadavg_before": load_before, "loadavg_after": load_after,
     }
-    path = write_result("trainer_input", result)
+    path = write_result("trainer_input" if args.model == "signs_cnn" else f"trainer_input_{args.model}", result)
     print(f"-> {path}")
     return result
 

@@ -92,27 +92,21 @@ def plot_confusion(cm, classes, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _baseline_probs(name: str, alias: str, images, logger):
-    """Predictions of the registered model's current alias on the same images, or None."""
-    import mlflow
+def _baseline_probs(name: str, alias: str, images, tracking_uri: str, logger, info: dict):
+    """Predictions of the registered model's current alias on the same images, or (None, None)."""
+    from components.model_uri import load_baseline
 
-    client = mlflow.MlflowClient()
-    try:
-        mv = client.get_model_version_by_alias(name, alias)
-    except Exception:
-        logger.info("no baseline: registered model %s has no @%s yet", name, alias)
+    baseline = load_baseline(name, alias, tracking_uri, logger)
+    if baseline is None:
         return None, None
-    import numpy as np
-
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
-    out = model.predict(images)
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    return np.asarray(out), mv.version
+    model, binfo, version = baseline
+    if binfo.get("classes") != info["classes"] or list(binfo.get("image_size", [])) != list(info["image_size"]):
+        logger.info("baseline %s@%s has other classes or image size: not compared", name, alias)
+        return None, None
+    return model.predict(images, verbose=0), version
 
 
 def run(ctx, inputs, params: EvaluatorParams):
-    import keras
     import numpy as np
 
     model_dir, examples = Path(inputs["model"]), Path(inputs["examples"])
@@ -134,6 +128,7 @@ def run(ctx, inputs, params: EvaluatorParams):
     model = load_model(model_dir / "model.keras")
     classes = info["classes"]
 
+    model.predict(images[:2], verbose=0)  # warm-up (tracing), so the timing compares like with like
     t0 = time.perf_counter()
     probs = model.predict(images, batch_size=params.batch_size, verbose=0)
     single_s = time.perf_counter() - t0
@@ -146,6 +141,8 @@ def run(ctx, inputs, params: EvaluatorParams):
     if params.test_time_crops > 1 or params.test_time_flip:
         from models.tta import predict_with_crops
 
+        predict_with_crops(model, images[:2], n_crops=params.test_time_crops, flip=params.test_time_flip,
+                           crop_fraction=params.crop_fraction, batch_size=params.batch_size)  # warm-up
         t0 = time.perf_counter()
         tta_probs, passes = predict_with_crops(model, images, n_crops=params.test_time_crops, flip=params.test_time_flip,
                                                crop_fraction=params.crop_fraction, batch_size=params.batch_size)
@@ -162,7 +159,8 @@ def run(ctx, inputs, params: EvaluatorParams):
 
     baseline = None
     if params.baseline_model:
-        b_probs, b_version = _baseline_probs(params.baseline_model, params.baseline_alias, images, ctx.logger)
+        b_probs, b_version = _baseline_probs(params.baseline_model, params.baseline_alias, images, ctx.tracking_uri,
+                                             ctx.logger, info)
         if b_probs is not None:
             b = classification_metrics(labels, b_probs, classes)
             baseline = {"model": params.baseline_model, "version": b_version, "accuracy": b["accuracy"],

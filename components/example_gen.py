@@ -43,7 +43,6 @@ class Source(Params):
 
     def resolve_paths(self, base_dir) -> None:
         """Relative paths in pipeline.yaml are relative to the file, not to the shell's folder."""
-        from pathlib import Path
 
         def fix(p: str) -> str:
             q = Path(p).expanduser()

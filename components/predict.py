@@ -3,8 +3,6 @@
 input the same way ExampleGen does, so predictions match evaluation."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 
 class PredictError(Exception):
@@ -13,36 +11,12 @@ class PredictError(Exception):
 
 def load_classifier(model_uri: str, tracking_uri: str):
     """Returns (keras model, info dict with classes and image_size)."""
-    import keras
+    from components.model_uri import ModelNotFound, load_model_and_info
 
-    p = Path(model_uri)
-    if model_uri.startswith("models:/") or model_uri.startswith("runs:/"):
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri)
-        client = mlflow.MlflowClient()
-        ref = model_uri[len("models:/"):]
-        try:
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            else:
-                name, version = ref.split("/", 1)
-                mv = client.get_model_version(name, version)
-        except Exception as e:
-            raise PredictError(f"{model_uri}: not found in {tracking_uri} ({e.__class__.__name__}: {e})") from None
-        local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="keras"))
-        p = local
-    if p.is_dir():
-        p = p / "model.keras"
-    if not p.exists():
-        raise PredictError(f"{model_uri}: no model.keras found")
-    info_path = p.parent / "model_info.json"
-    if not info_path.exists():
-        raise PredictError(f"{p}: model_info.json missing beside the model")
-    info = json.loads(info_path.read_text())
-    from models.preprocessing import load_model
-    return load_model(p), info
+    try:
+        return load_model_and_info(model_uri, tracking_uri)
+    except ModelNotFound as e:
+        raise PredictError(str(e)) from None
 
 
 def predict_images(model_uri: str, images: list[str], tracking_uri: str = "sqlite:///mlflow.db", top: int = 1) -> list[dict]:

@@ -27,7 +27,6 @@ def _requirements() -> list[str]:
 
 
 def run(ctx, inputs, params: PusherParams):
-    import keras
     import mlflow
     import numpy as np
     from mlflow.models import infer_signature

@@ -196,14 +196,15 @@ class _KeepBest:
 def load_init_weights(model, source: str, logger) -> None:
     """Load weights into `model` from a file or a registered model, matching layers by name and
     shape (a model trained with another number of classes keeps its own head)."""
-    import keras
 
     if source == "imagenet":
         raise ComponentError("init_weights: imagenet applies to keras.applications backbones only; "
                              "for the project's own models give a .keras file or a models:/ URI")
     if source.startswith("models:/"):
         try:
-            source = _download_registered_keras(source)
+            from components.model_uri import fetch_keras
+
+            source = str(fetch_keras(source)[0] / "model.keras")
         except Exception as e:
             raise ComponentError(f"init_weights: cannot load {source}: {type(e).__name__}: {e}") from None
     p = Path(source)
@@ -235,22 +236,6 @@ def load_init_weights(model, source: str, logger) -> None:
     if copied == 0:
         raise ComponentError(f"init_weights: no layer of {source} matches the model by name and shape")
     logger.info("transfer learning: copied %d layers from %s (%d kept fresh: shape differs)", copied, source, skipped)
-
-
-def _download_registered_keras(uri: str) -> str:
-    """models:/NAME@ALIAS or models:/NAME/VERSION -> the `.keras` file the Pusher logged beside
-    the SavedModel (`keras/model.keras` in the version's run)."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    ref = uri[len("models:/"):]
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    else:
-        name, version = ref.split("/", 1)
-        mv = client.get_model_version(name, version)
-    return mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="keras/model.keras")
 
 
 def _all_layers(model):
@@ -295,8 +280,6 @@ def build_full_model(params: TrainerParams, transform_cfg: dict, num_classes: in
 
 def run(ctx, inputs, params: TrainerParams):
     import keras
-    import numpy as np
-    import tensorflow as tf
 
     from data.tfrecord import split_files
     from models.registry import get_entry

@@ -48,27 +48,13 @@ def resolve_model(uri: str, tracking_uri: str) -> tuple[Path, dict, str]:
     The version id is `models:/NAME/VERSION` for registered models and `sha256:<16 hex>` of the
     .keras file for local ones, so the same file under another path is the same version."""
     if uri.startswith("models:/"):
-        import mlflow
+        from components.model_uri import ModelNotFound, fetch_keras
 
-        mlflow.set_tracking_uri(tracking_uri)
-        client = mlflow.MlflowClient()
-        ref = uri[len("models:/"):]
         try:
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            else:
-                name, version = ref.rsplit("/", 1)
-                mv = client.get_model_version(name, version)
-        except Exception as e:
-            raise FaceCommandError(f"{uri}: not found in {tracking_uri} ({type(e).__name__}: {e})") from None
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="keras"))
-        except Exception as e:
-            raise FaceCommandError(f"{uri}: the version's run has no keras/ artifacts ({e})") from None
-        path, info = local / "model.keras", {}
-        if (local / "model_info.json").exists():
-            info = json.loads((local / "model_info.json").read_text())
+            local, info, mv = fetch_keras(uri, tracking_uri)
+        except ModelNotFound as e:
+            raise FaceCommandError(str(e)) from None
+        path = local / "model.keras"
         if info.get("threshold") is None and "threshold" in mv.tags:
             info["threshold"] = float(mv.tags["threshold"])
         info.setdefault("task", mv.tags.get("task"))

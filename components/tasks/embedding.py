@@ -402,17 +402,13 @@ def _pairs_from_file(tp: EvalParams, keys: list[str], logger):
 def _baseline(params, images, labels, tp: EvalParams, pairs, ctx):
     """The registered ``baseline_model@alias``'s report on the same images and pairs, or None."""
     from components.metrics.verification import verification_report
-    from components.predict import PredictError, load_classifier
+    from components.model_uri import load_baseline
 
     uri = f"models:/{params.baseline_model}@{params.baseline_alias}"
-    try:
-        model, info = load_classifier(uri, ctx.tracking_uri)
-    except PredictError as e:
-        ctx.logger.info("no baseline: %s", e)
+    baseline = load_baseline(params.baseline_model, params.baseline_alias, ctx.tracking_uri, ctx.logger)
+    if baseline is None:
         return None
-    except Exception as e:  # an empty registry, a model without its keras artifacts
-        ctx.logger.info("no baseline (%s: %s)", type(e).__name__, e)
-        return None
+    model, info, _ = baseline
     if tuple(info.get("image_size", ())) != tuple(images.shape[1:3]):
         ctx.logger.info("baseline %s takes %s images, not %s: not compared", uri, info.get("image_size"),
                         list(images.shape[1:3]))
