@@ -151,7 +151,7 @@ class _LoadDoFn:
             b = np.asarray(rec.boxes, dtype=np.float32).reshape(-1, 4)
             boxes = b / np.array([ow, oh, ow, oh], dtype=np.float32)
         for issue in rec.meta.get("box_issues", []):
-            yield "issue", {"key": rec.key, "reason": str(issue)}
+            yield "issue", {"key": rec.key, **issue} if isinstance(issue, dict) else {"key": rec.key, "reason": str(issue)}
         split = assign_split(params, rec.split or ref.split, rec.key, sha, rec.identity)
         if split is None:
             yield "bad", {"key": rec.key, "reason": f"dataset split {rec.split or ref.split!r} is not in split_map"}

@@ -409,5 +409,5 @@ def _model_module(params: TrainerParams) -> list[str]:
 
 
 SPEC = ComponentSpec(type="Trainer", description="examples + transform -> trained Keras model + SavedModel",
-                     params=TrainerParams, run=run, inputs={"examples": True, "transform": True, "base_model": False},
+                     params=TrainerParams, run=run, inputs={"examples": True, "transform": True, "base_model": False, "anchors": False},
                      outputs=("model",), code_dependencies=_model_module)

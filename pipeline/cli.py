@@ -307,11 +307,14 @@ def explain(target, pipeline_file, input_shape, classes):
     click.echo(render(explain_model(model)))
 
 
+# Branch-specific command groups live in their own modules (each imports TensorFlow lazily).
+from pipeline.cli_detect import detect  # noqa: E402
+from pipeline.cli_faces import faces  # noqa: E402
+from pipeline.cli_stylize import stylize  # noqa: E402
+
+main.add_command(stylize)
+main.add_command(faces)
+main.add_command(detect)
+
 if __name__ == "__main__":
     main()
-from pipeline.cli_stylize import stylize  # noqa: E402
-main.add_command(stylize)
-from pipeline.cli_faces import faces  # noqa: E402
-main.add_command(faces)
-from pipeline.cli_detect import detect  # noqa: E402
-main.add_command(detect)

@@ -281,10 +281,9 @@ def train(ctx, inputs, params, tp: TrainParams) -> dict:
     has_eval = bool(params.eval_split and schema["splits"].get(params.eval_split))
     if has_eval:
         x_ev, b_ev, l_ev, k_ev = load_split(examples, params.eval_split, image_size, tp.max_boxes)
-    rel, anchor_iou, anchor_source = _resolve_anchors(tp, b_tr, ctx.logger)
-    if "anchors" in inputs:  # an Anchors component's artifact, when the Trainer is wired to take one
+    if "anchors" in inputs:  # an Anchors component's artifact wired into the Trainer
         tp = tp.model_copy(update={"anchors": str(Path(inputs["anchors"]) / "anchors.json")})
-        rel, anchor_iou, anchor_source = _resolve_anchors(tp, b_tr, ctx.logger)
+    rel, anchor_iou, anchor_source = _resolve_anchors(tp, b_tr, ctx.logger)
     model, core = _build(params, tp, transform_cfg, num_classes, len(rel))
     grid = grid_of(model)
     anchors_grid = anchors_to_grid(rel, grid)
