@@ -165,6 +165,32 @@ class _TrackerCallback:
         return CB()
 
 
+def kill_safe_backup(backup_dir: str):
+    """`keras.callbacks.BackupAndRestore` whose checkpoint is written to a temporary file and
+    renamed into place: a SIGKILL in the middle of a save leaves the previous checkpoint intact
+    (Keras writes the .weights.h5 in place; a kill mid-write leaves a truncated file that makes
+    the rerun fail)."""
+    import json
+    import os
+
+    import keras
+
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def _save_model(self):
+            os.makedirs(self.backup_dir, exist_ok=True)
+            tmp_weights = self._weights_path.replace(".weights.h5", ".tmp.weights.h5")
+            self.model.save_weights(filepath=tmp_weights, overwrite=True)
+            tmp_meta = self._training_metadata_path + ".tmp"
+            with open(tmp_meta, "w") as f:
+                f.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+            # weights first, then the epoch counter: a kill between the two resumes one epoch
+            # early with newer weights, never with a half file
+            os.replace(tmp_weights, self._weights_path)
+            os.replace(tmp_meta, self._training_metadata_path)
+
+    return AtomicBackupAndRestore(backup_dir)
+
+
 class _KeepBest:
     @staticmethod
     def make(monitor: str):
@@ -324,7 +350,7 @@ def run(ctx, inputs, params: TrainerParams):
     def fit(epochs, lr, initial_epoch, phase):
         model.compile(optimizer=_optimizer(params, lr), loss=loss, metrics=metrics,
                       steps_per_execution=params.steps_per_execution)
-        cbs = [keras.callbacks.BackupAndRestore(str(ctx.work_dir / f"backup-{phase}")),
+        cbs = [kill_safe_backup(str(ctx.work_dir / f"backup-{phase}")),
                _TrackerCallback.make(ctx, phase), keep_best]
         sched = _lr_callback(params, lr, epochs)
         if sched is not None:

@@ -260,7 +260,8 @@ def train(ctx, inputs, params, tp: TrainParams) -> dict:
     import keras
     import numpy as np
 
-    from components.trainer import _KeepBest, _lr_callback, _optimizer, _TrackerCallback, load_init_weights
+    from components.trainer import (_KeepBest, _lr_callback, _optimizer, _TrackerCallback, kill_safe_backup,
+                                    load_init_weights)
     from models.yolo import YoloLoss, anchors_to_grid, yolo_dataset
 
     examples = Path(inputs["examples"])
@@ -315,7 +316,7 @@ def train(ctx, inputs, params, tp: TrainParams) -> dict:
     if monitor not in ("loss", "val_loss", "val_map_50"):
         raise ComponentError(f"Trainer: best_metric {params.best_metric!r}: detection reports loss, val_loss and "
                              "val_map_50 (with task_params.map_every)")
-    callbacks = [keras.callbacks.BackupAndRestore(str(ctx.work_dir / "backup-detection"))]
+    callbacks = [kill_safe_backup(str(ctx.work_dir / "backup-detection"))]
     if has_eval and tp.map_every:
         callbacks.append(_map_callback(x_ev, b_ev, l_ev, k_ev, anchors_grid, num_classes, tp.map_every,
                                        tp.iou_threshold))
@@ -451,7 +452,6 @@ def _flat(coco: dict, voc: dict) -> dict:
 
 
 def evaluate(ctx, inputs, params, tp: EvalParams) -> dict:
-    import numpy as np
 
     from components.metrics.detection import (coco_evaluate, draw_detection_grid, plot_pr_curves,
                                               voc_evaluate)

@@ -241,7 +241,7 @@ def train(ctx, inputs, params, tp: TrainParams) -> dict:
     import numpy as np
 
     from components.trainer import (_KeepBest, _lr_callback, _optimizer, _TrackerCallback, build_full_model,
-                                    load_init_weights)
+                                    kill_safe_backup, load_init_weights)
 
     examples = Path(inputs["examples"])
     schema = json.loads((examples / "schema.json").read_text())
@@ -279,7 +279,7 @@ def train(ctx, inputs, params, tp: TrainParams) -> dict:
     model.compile(optimizer=_optimizer(params, params.learning_rate), loss=_loss(tp),
                   steps_per_execution=params.steps_per_execution)
 
-    callbacks = [keras.callbacks.BackupAndRestore(str(ctx.work_dir / "backup-embedding"))]
+    callbacks = [kill_safe_backup(str(ctx.work_dir / "backup-embedding"))]
     keep_best = None
     monitor = "loss"
     if has_eval:

@@ -45,7 +45,8 @@ def test_examples_statistics_and_anchors(branch):
     assert schema["task"] == "detection" and schema["classes"] == ["circle", "square", "triangle"]
     report = json.loads((ex / "error_report.json").read_text())
     assert [i["key"] for i in report["box_issues"]] == ["shapes_000000"]
-    assert "outside_image" in report["box_issues"][0]["reason"] and "dropped" in report["box_issues"][0]["reason"]
+    issue = report["box_issues"][0]  # a structured record: which box, what was wrong, what was done
+    assert issue["issue"] == "outside_image" and issue["action"].startswith("drop")
     stats = json.loads((d / "stats" / "statistics" / "statistics.json").read_text())
     det = stats["splits"]["train"]["detection"]
     assert det["boxes"] == len(det["box_wh"]) > 0 and set(det["boxes_per_class"]) <= set(schema["classes"])

@@ -38,7 +38,8 @@ def signs_only_yaml(dest: Path) -> Path:
     import yaml
 
     data = yaml.safe_load((PROJECT_ROOT / "pipeline.yaml").read_text())
-    data["components"] = {k: v for k, v in data["components"].items() if k.startswith("signs_")}
+    keep = ("signs_gen", "signs_stats", "signs_validate", "signs_transform", "signs_train", "signs_eval", "signs_push")
+    data["components"] = {k: v for k, v in data["components"].items() if k in keep}
     p = dest / "pipeline.yaml"
     p.write_text(yaml.safe_dump(data, sort_keys=False))
     return p
