@@ -174,23 +174,13 @@ def run(ctx, inputs, params: EvaluatorParams):
                         "macro_f1": b["macro_f1"]}
             metrics["baseline"] = baseline
 
-    reasons = []
-    for k, thr in params.thresholds.items():
-        v = metrics.get(k)
-        if v is None:
-            reasons.append(f"threshold on unknown metric {k!r}")
-        elif v < thr:
-            reasons.append(f"{k} {v:.4f} < threshold {thr}")
-    if baseline is not None:
-        m, bm = metrics.get(params.blessing_metric), baseline.get(params.blessing_metric)
-        if m is not None and bm is not None and m < bm - params.max_regression:
-            reasons.append(f"{params.blessing_metric} {m:.4f} worse than baseline v{baseline['version']} ({bm:.4f})")
-    blessed = not reasons
+    from components.blessing import bless, write_blessing
+
+    blessed, reasons = bless(metrics, params.thresholds, params.blessing_metric, baseline,
+                             max_regression=params.max_regression,
+                             baseline_name=f"baseline {params.baseline_model} v{baseline['version']}" if baseline else "")
     (out_eval / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out_bless / "blessing.json").write_text(json.dumps({"blessed": blessed, "reasons": reasons,
-                                                         "metric": params.blessing_metric,
-                                                         "value": metrics.get(params.blessing_metric),
-                                                         "baseline": baseline}, indent=2))
+    write_blessing(out_bless, blessed, reasons, params.blessing_metric, metrics.get(params.blessing_metric), baseline)
     ctx.tracker.log_artifact(out_eval / "metrics.json")
     ctx.tracker.log_artifact(out_eval / "confusion_matrix.png", "plots")
     ctx.tracker.log_artifact(out_bless / "blessing.json")

@@ -513,22 +513,12 @@ def evaluate(ctx, inputs, params, tp: EvalParams) -> dict:
     if thresholds == {"accuracy": 0.0}:  # the Evaluator's classification default: no threshold for detection
         thresholds = {}
     metric = tp.blessing_metric if params.blessing_metric == "accuracy" else params.blessing_metric
-    reasons = []
-    for k, thr in thresholds.items():
-        v = flat.get(k)
-        if v is None:
-            reasons.append(f"threshold on unknown metric {k!r} (known: {', '.join(sorted(flat))})")
-        elif v < thr:
-            reasons.append(f"{k} {v:.4f} < threshold {thr}")
-    if baseline is not None and metric in flat and metric in baseline:
-        if flat[metric] < baseline[metric] - params.max_regression:
-            reasons.append(f"{metric} {flat[metric]:.4f} worse than baseline {params.baseline_model}@"
-                           f"{params.baseline_alias} ({baseline[metric]:.4f})")
-    blessed = not reasons
+    from components.blessing import bless, write_blessing
+
+    blessed, reasons = bless(flat, thresholds, metric, baseline, max_regression=params.max_regression,
+                             baseline_name=f"baseline {params.baseline_model}@{params.baseline_alias}")
     (out_eval / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    (out_bless / "blessing.json").write_text(json.dumps({"blessed": blessed, "reasons": reasons, "metric": metric,
-                                                         "value": flat.get(metric), "thresholds": thresholds,
-                                                         "baseline": baseline}, indent=2))
+    write_blessing(out_bless, blessed, reasons, metric, flat.get(metric), baseline, thresholds=thresholds)
     ctx.tracker.log_artifact(out_eval / "metrics.json")
     ctx.tracker.log_artifact(out_bless / "blessing.json")
     for p in pr_paths:

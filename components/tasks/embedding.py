@@ -506,24 +506,14 @@ def evaluate(ctx, inputs, params, tp: EvalParams) -> dict:
         baseline = _baseline(params, images, labels, tp, pairs, ctx)
         if baseline is not None:
             report["baseline"] = baseline
-    reasons = []
-    for k, thr in params.thresholds.items():
-        v = flat.get(k)
-        if v is None:
-            reasons.append(f"threshold on unknown metric {k!r} (known: {', '.join(sorted(flat))})")
-        elif (v > thr) if k in LOWER_IS_BETTER else (v < thr):
-            reasons.append(f"{k} {v:.4f} {'>' if k in LOWER_IS_BETTER else '<'} threshold {thr}")
+    from components.blessing import bless, write_blessing
+
     metric = params.blessing_metric
-    if baseline is not None and metric in flat and metric in baseline:
-        m, bm = flat[metric], baseline[metric]
-        worse = (m > bm + params.max_regression) if metric in LOWER_IS_BETTER else (m < bm - params.max_regression)
-        if worse:
-            reasons.append(f"{metric} {m:.4f} worse than baseline {params.baseline_model}@{params.baseline_alias} "
-                           f"({bm:.4f})")
-    blessed = not reasons
+    blessed, reasons = bless(flat, params.thresholds, metric, baseline, max_regression=params.max_regression,
+                             baseline_name=f"baseline {params.baseline_model}@{params.baseline_alias}",
+                             lower_is_better=frozenset(LOWER_IS_BETTER))
     (out_eval / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
-    (out_bless / "blessing.json").write_text(json.dumps({"blessed": blessed, "reasons": reasons, "metric": metric,
-                                                         "value": flat.get(metric), "baseline": baseline}, indent=2))
+    write_blessing(out_bless, blessed, reasons, metric, flat.get(metric), baseline)
     ctx.tracker.log_artifact(out_eval / "metrics.json")
     for png in ("roc.png", "distance_histogram.png"):
         ctx.tracker.log_artifact(out_eval / png, "plots")
