@@ -59,6 +59,22 @@ def _names(name: str | None, branch: str):
     return f"res{name}_{branch}", f"bn{name}_{branch}"
 
 
+def _bottleneck_main_path(X, f, filters, s, initializer, name):
+    """The main path both blocks share: 1x1 conv (stride s), BN, ReLU; f x f conv 'same', BN,
+    ReLU; 1x1 conv, BN (no ReLU: the shortcut is added first)."""
+    F1, F2, F3 = filters
+    for branch, n_filters, size, stride, padding, relu in (("branch2a", F1, 1, s, "valid", True),
+                                                           ("branch2b", F2, f, 1, "same", True),
+                                                           ("branch2c", F3, 1, 1, "valid", False)):
+        conv, bn = _names(name, branch)
+        X = layers.Conv2D(n_filters, size, strides=stride, padding=padding,
+                          kernel_initializer=_init(initializer), name=conv)(X)
+        X = layers.BatchNormalization(axis=3, name=bn)(X)
+        if relu:
+            X = layers.Activation("relu")(X)
+    return X
+
+
 def identity_block(X, f: int, filters: Sequence[int], initializer="glorot_uniform",
                    name: str | None = None):
     """Bottleneck block whose shortcut is the identity.
@@ -80,19 +96,7 @@ def identity_block(X, f: int, filters: Sequence[int], initializer="glorot_unifor
                          f"got {X.shape[-1]} and {F3} (use convolutional_block to change them)")
     X_shortcut = X
 
-    conv, bn = _names(name, "branch2a")
-    X = layers.Conv2D(F1, 1, strides=1, padding="valid", kernel_initializer=_init(initializer), name=conv)(X)
-    X = layers.BatchNormalization(axis=3, name=bn)(X)
-    X = layers.Activation("relu")(X)
-
-    conv, bn = _names(name, "branch2b")
-    X = layers.Conv2D(F2, f, strides=1, padding="same", kernel_initializer=_init(initializer), name=conv)(X)
-    X = layers.BatchNormalization(axis=3, name=bn)(X)
-    X = layers.Activation("relu")(X)
-
-    conv, bn = _names(name, "branch2c")
-    X = layers.Conv2D(F3, 1, strides=1, padding="valid", kernel_initializer=_init(initializer), name=conv)(X)
-    X = layers.BatchNormalization(axis=3, name=bn)(X)
+    X = _bottleneck_main_path(X, f, filters, 1, initializer, name)
 
     # The skip connection is added *before* the final ReLU (course notes 2.2).
     X = layers.Add()([X, X_shortcut])
@@ -109,19 +113,7 @@ def convolutional_block(X, f: int, filters: Sequence[int], s: int = 2,
     F1, F2, F3 = filters
     X_shortcut = X
 
-    conv, bn = _names(name, "branch2a")
-    X = layers.Conv2D(F1, 1, strides=s, padding="valid", kernel_initializer=_init(initializer), name=conv)(X)
-    X = layers.BatchNormalization(axis=3, name=bn)(X)
-    X = layers.Activation("relu")(X)
-
-    conv, bn = _names(name, "branch2b")
-    X = layers.Conv2D(F2, f, strides=1, padding="same", kernel_initializer=_init(initializer), name=conv)(X)
-    X = layers.BatchNormalization(axis=3, name=bn)(X)
-    X = layers.Activation("relu")(X)
-
-    conv, bn = _names(name, "branch2c")
-    X = layers.Conv2D(F3, 1, strides=1, padding="valid", kernel_initializer=_init(initializer), name=conv)(X)
-    X = layers.BatchNormalization(axis=3, name=bn)(X)
+    X = _bottleneck_main_path(X, f, filters, s, initializer, name)
 
     conv, bn = _names(name, "branch1")
     X_shortcut = layers.Conv2D(F3, 1, strides=s, padding="valid",
