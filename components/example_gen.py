@@ -3,7 +3,8 @@ Apache Beam.
 
 * Reads any format of `components/sources.py` (course h5, image folders, synthetic, VOC, COCO,
   identity folders) record by record inside a DoFn (only small refs go through `beam.Create`).
-* Converts every image to RGB uint8 at `image_size`; an unreadable record goes to the error
+* Converts every image to RGB uint8 at `image_size`, optionally cropping a square around the
+  detected face first (`face_crop`, data/face_crop.py); an unreadable record goes to the error
   report with its key and reason. The component fails, writing nothing, when the bad fraction
   exceeds `max_bad_fraction`.
 * Splits deterministically by hashing (the content by default, so byte-identical images always
@@ -54,9 +55,19 @@ class Source(Params):
             self.path = [fix(p) for p in self.path]
 
 
+class FaceCrop(Params):
+    """Detect the face in each image and crop a square around it before resizing
+    (data/face_crop.py: OpenCV's Haar cascades, shipped in the wheel)."""
+    margin: float = Field(0.2, ge=0.0, le=2.0, description="added to the detector's box side (0.2: 20% wider)")
+    min_face: float = Field(0.2, gt=0.0, le=1.0, description="smallest face side, fraction of the image's shorter side")
+    # no face found: keep the whole image (listed in error_report.json's face_crop.missed), or a bad record
+    on_miss: Literal["keep", "bad"] = "keep"
+
+
 class ExampleGenParams(Params):
     source: Source = Field(default_factory=Source)
     image_size: tuple[int, int] = (64, 64)  # (height, width)
+    face_crop: FaceCrop | None = None  # None: no face detection (the whole image is resized)
     split_ratios: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "eval": 0.2})
     # The dataset's own split name -> our split, or -> ratios to re-split it (e.g. val -> train/eval).
     split_map: dict[str, str | dict[str, float]] = Field(default_factory=dict)
@@ -126,6 +137,7 @@ class _LoadDoFn:
         import numpy as np
         from PIL import Image
 
+        from data.face_crop import crop_face
         from data.records import BadRecord
         from data.tfrecord import encode_example
 
@@ -144,6 +156,19 @@ class _LoadDoFn:
         sha = hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
         h, w = params.image_size
         oh, ow = img.shape[:2]
+        if params.face_crop is not None:
+            if rec.boxes is not None:
+                yield "bad", {"key": rec.key, "reason": "face_crop is for identity images; this record has boxes"}
+                return
+            fc = params.face_crop
+            crop = crop_face(img, margin=fc.margin, min_face=fc.min_face)
+            if not crop.found:
+                if fc.on_miss == "bad":
+                    yield "bad", {"key": rec.key, "reason": "no face found (face_crop.on_miss: bad)"}
+                    return
+                yield "miss", {"key": rec.key}
+            img = crop.image
+            oh, ow = img.shape[:2]
         if (oh, ow) != (h, w):
             img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
         boxes = None
@@ -226,10 +251,10 @@ def run(ctx, inputs, params: ExampleGenParams):
     opts = PipelineOptions(ctx.beam_args)
     with beam.Pipeline(options=opts) as p:
         loaded = (p | "Refs" >> beam.Create(info.refs, reshuffle=False)
-                  | "Load" >> beam.ParDo(LoadDoFn(body)).with_outputs("bad", "issue", main="ok"))
+                  | "Load" >> beam.ParDo(LoadDoFn(body)).with_outputs("bad", "issue", "miss", main="ok"))
         resolved = (loaded.ok | "BySha" >> beam.GroupByKey()
                     | "Dedup" >> beam.ParDo(Resolve(params.duplicates)).with_outputs("dup", "dropped", main="keep"))
-        for tag, coll in (("bad", loaded.bad), ("issues", loaded.issue), ("dups", resolved.dup),
+        for tag, coll in (("bad", loaded.bad), ("issues", loaded.issue), ("misses", loaded.miss), ("dups", resolved.dup),
                           ("dropped", resolved.dropped)):
             (coll | f"Json{tag}" >> beam.Map(json.dumps)
              | f"Write{tag}" >> beam.io.WriteToText(str(scratch / tag), file_name_suffix=".jsonl"))
@@ -248,7 +273,8 @@ def run(ctx, inputs, params: ExampleGenParams):
             rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         return rows
 
-    bad, issues, dups, dropped, summary = (read(t) for t in ("bad", "issues", "dups", "dropped", "summary"))
+    bad, issues, misses, dups, dropped, summary = (read(t) for t in ("bad", "issues", "misses", "dups", "dropped",
+                                                                    "summary"))
     import shutil
 
     shutil.rmtree(scratch)
@@ -257,6 +283,13 @@ def run(ctx, inputs, params: ExampleGenParams):
     report = {"total_records": len(info.refs), "bad_records": len(bad), "bad_fraction": bad_fraction,
               "max_bad_fraction": params.max_bad_fraction, "bad": bad, "box_issues": issues,
               "warnings": info.warnings}
+    if params.face_crop is not None:
+        missed = sorted(m["key"] for m in misses)
+        report["face_crop"] = {**params.face_crop.model_dump(), "missed": missed, "missed_count": len(missed)}
+        if missed:
+            ctx.logger.warning("face_crop: no face found in %d of %d images (%s%s): %s", len(missed), len(info.refs),
+                               ", ".join(missed[:5]), ", ..." if len(missed) > 5 else "",
+                               "whole image kept" if params.face_crop.on_miss == "keep" else "bad records")
     for r in bad[:20]:
         ctx.logger.warning("bad record %s: %s", r["key"], r["reason"])
     if bad_fraction > params.max_bad_fraction:
@@ -274,7 +307,9 @@ def run(ctx, inputs, params: ExampleGenParams):
             per_class[r["split"]][name] = per_class[r["split"]].get(name, 0) + 1
     schema = {"task": info.task, "format": params.source.format, "classes": info.classes,
               "num_classes": len(info.classes), "image_size": list(params.image_size), "splits": counts,
-              "per_class": per_class}
+              "per_class": per_class,
+              # how images were cropped: the Trainer records it so serving crops new photos the same way
+              "face_crop": params.face_crop.model_dump() if params.face_crop is not None else None}
     (out / "schema.json").write_text(json.dumps(schema, indent=2))
     (out / "error_report.json").write_text(json.dumps(report, indent=2))
     (out / "duplicates.json").write_text(json.dumps({"policy": params.duplicates, "groups": dups,
@@ -286,6 +321,7 @@ def run(ctx, inputs, params: ExampleGenParams):
     ctx.tracker.log_artifact(out / "duplicates.json")
     return {"records": len(info.refs), "bad_records": len(bad), "duplicate_groups": len(dups),
             "leak_groups": len(leaks), "dropped_duplicates": len(dropped),
+            **({"face_crop_missed": len(misses)} if params.face_crop is not None else {}),
             **{f"examples_{s}": n for s, n in counts.items()}}
 
 

@@ -100,9 +100,11 @@ class _Face:
         arrs = []
         for img in images:
             try:
-                arrs.append(load_face_image(img, self.size))
+                arrs.append(load_face_image(img, self.size, self.info.get("face_crop")))
             except BadRecord as e:
                 raise FaceCommandError(f"cannot read {img}: {e.reason}") from None
+            except ValueError as e:  # face_crop with on_miss: bad, and no face in the photo
+                raise FaceCommandError(str(e)) from None
         x = np.stack(arrs)
         x = np.clip(np.round(x), 0, 255).astype(np.uint8) if self.uint8 else x / 255.0
         from components.tasks.embedding import embed

@@ -322,6 +322,8 @@ def train(ctx, inputs, params, tp: TrainParams) -> dict:
             "image_size": list(image_size), "threshold": thr["threshold"], "threshold_source": src,
             "threshold_accuracy": thr["accuracy"], "threshold_roc_auc": thr["roc_auc"],
             "distance": "L2", "flip_embeddings": tp.flip_embeddings,
+            # ExampleGen's face detection/cropping: serving (faces commands, img_to_encoding) repeats it
+            "face_crop": schema.get("face_crop"),
             "embedding_dim": int(model.output_shape[-1]), "task_params": tp.model_dump(mode="json"),
             "hyperparameters": params.hyperparameters, "params": int(model.count_params()),
             "epochs_run": epochs_run, "best_epoch": int(best_epoch), "best_metric": monitor if keep_best else None,

@@ -14,6 +14,12 @@ model's input size and then
   as ``faceRecoModel()`` and ``small_face_model()`` built bare.
 
 ``preprocess=`` overrides the detection: "raw", "unit" (/255) or a callable.
+
+``face_crop=`` (a dict ``{margin, min_face, on_miss}``, as a Trainer model's
+``model_info.json`` records it when its ExampleGen cropped faces) detects the face and crops
+a square around it before resizing, the way the training images were made. With
+``on_miss: bad`` a photo without a detectable face raises ``ValueError``; with ``keep`` the
+whole photo is used.
 """
 from __future__ import annotations
 
@@ -45,22 +51,30 @@ def _input_hw(model) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def load_face_image(image_path, size: tuple[int, int]) -> np.ndarray:
-    """Read an image (any mode, via data.records) and resize to (h, w): float32 0-255."""
+def load_face_image(image_path, size: tuple[int, int], face_crop: dict | None = None) -> np.ndarray:
+    """Read an image (any mode, via data.records), crop the face when ``face_crop`` is
+    given, and resize to (h, w): float32 0-255."""
     from PIL import Image
 
     from data.records import read_image_file
 
     arr = read_image_file(str(image_path))
+    if face_crop:
+        from data.face_crop import crop_face
+
+        found = crop_face(arr, margin=face_crop.get("margin", 0.2), min_face=face_crop.get("min_face", 0.2))
+        if not found.found and face_crop.get("on_miss") == "bad":
+            raise ValueError(f"{image_path}: no face found (the model was trained on detected faces only)")
+        arr = found.image
     h, w = size
     if arr.shape[:2] != (h, w):
         arr = np.asarray(Image.fromarray(arr).resize((w, h), Image.BILINEAR))
     return arr.astype(np.float32)
 
 
-def img_to_encoding(image_path, model, preprocess=None) -> np.ndarray:
+def img_to_encoding(image_path, model, preprocess=None, face_crop: dict | None = None) -> np.ndarray:
     """The course's ``img_to_encoding``: the (1, D) L2-normalised encoding of one image file."""
-    x = load_face_image(image_path, _input_hw(model))
+    x = load_face_image(image_path, _input_hw(model), face_crop)
     if preprocess is None:
         preprocess = "raw" if has_preprocessing(model) else "unit"
     if preprocess == "unit":
@@ -86,13 +100,13 @@ def _lookup(database, identity):
     return np.asarray(database[identity], dtype=np.float32).reshape(-1, np.shape(database[identity])[-1])
 
 
-def verify(image_path, identity, database, model, threshold: float = 0.7):
+def verify(image_path, identity, database, model, threshold: float = 0.7, face_crop: dict | None = None):
     """The course's ``verify``: is the person at the door ``identity``?
 
     Returns ``(dist, door_open)``; ``dist`` is the L2 distance to the identity's (closest)
     enrolled encoding, ``door_open`` is ``dist < threshold``.
     """
-    encoding = img_to_encoding(image_path, model)
+    encoding = img_to_encoding(image_path, model, face_crop=face_crop)
     dist = float(np.min(np.linalg.norm(_lookup(database, identity) - encoding, axis=-1)))
     if dist < threshold:
         print("It's " + str(identity) + ", welcome in!")
@@ -103,13 +117,13 @@ def verify(image_path, identity, database, model, threshold: float = 0.7):
     return dist, door_open
 
 
-def who_is_it(image_path, database, model, threshold: float = 0.7):
+def who_is_it(image_path, database, model, threshold: float = 0.7, face_crop: dict | None = None):
     """The course's ``who_is_it``: the closest enrolled identity.
 
     Returns ``(min_dist, identity)``; prints "Not in the database." when ``min_dist`` exceeds
     the threshold (the identity is still returned, as in the course).
     """
-    encoding = img_to_encoding(image_path, model)
+    encoding = img_to_encoding(image_path, model, face_crop=face_crop)
     if hasattr(database, "nearest"):
         identity, min_dist = database.nearest(encoding[0])
     else:

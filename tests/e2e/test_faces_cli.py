@@ -19,7 +19,7 @@ from pipeline.cli_faces import faces
 PROJECT_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
-def _model_folder(path, seed: int, threshold: float = 1e-3):
+def _model_folder(path, seed: int, threshold: float = 1e-3, face_crop: dict | None = None):
     import keras
 
     from models.facenet import small_face_model
@@ -34,7 +34,7 @@ def _model_folder(path, seed: int, threshold: float = 1e-3):
     model.save(path / "model.keras")
     (path / "model_info.json").write_text(json.dumps({"model": "facenet_small", "task": "embedding",
                                                       "image_size": [32, 32], "threshold": threshold,
-                                                      "embedding_dim": 16}))
+                                                      "embedding_dim": 16, "face_crop": face_crop}))
     return path
 
 
@@ -95,6 +95,21 @@ def test_refuses_to_mix_model_versions_and_reports_bad_input(setup, tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
     r = invoke("enroll", "--db", db, "--model", tmp_path / "no_model", "x", raw / "id_000" / "000.png")
     assert r.exit_code == 2 and "no model.keras" in r.output
+
+
+def test_photos_are_cropped_as_the_model_was_trained(setup, tmp_path):
+    """A model trained on detected faces (model_info face_crop) crops new photos the same way;
+    with on_miss: bad a photo without a face is refused, naming it, and nothing is stored."""
+    import numpy as np
+    from PIL import Image
+
+    d, raw, _, _ = setup
+    model = _model_folder(tmp_path / "cropping", 0, face_crop={"margin": 0.2, "min_face": 0.2, "on_miss": "bad"})
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 50, 3), dtype=np.uint8)).save(tmp_path / "n.png")
+    db = tmp_path / "faces.db"
+    r = invoke("enroll", "--db", db, "--model", model, "ana", tmp_path / "n.png")
+    assert r.exit_code == 2 and "n.png: no face found" in r.output, r.output
+    assert not db.exists() or "ana" not in invoke("list", "--db", db).output
 
 
 def test_through_python_m_pipeline(setup, tmp_path):
