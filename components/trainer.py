@@ -209,7 +209,9 @@ class _KeepBest:
                 v = (logs or {}).get(monitor)
                 if v is None:
                     return
-                if self.mode * v < self.best:
+                # ties go to the later epoch: a small held-out set saturates (val AUC 1.0 from
+                # epoch 1 with 3 held-out people on AT&T) and the first epoch is the least trained
+                if self.mode * v <= self.best:
                     self.best, self.best_epoch = self.mode * v, epoch
                     self.best_weights = self.model.get_weights()
 

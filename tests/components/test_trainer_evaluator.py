@@ -124,3 +124,25 @@ def test_init_weights_errors_are_clear(base, tmp_path):
         run_single("Trainer", {"examples": ex, "transform": tf_dir},
                    {"model": "signs_cnn", "epochs": 1, "init_weights": "imagenet"}, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_keep_best_prefers_the_later_epoch_on_ties():
+    """A saturated held-out metric (val AUC 1.0 from epoch 1 on a tiny eval split) must not
+    export the first, least trained epoch."""
+    import keras
+
+    from components.trainer import _KeepBest
+
+    m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    cb = _KeepBest.make("val_roc_auc")
+    cb.set_model(m)
+    for epoch, auc in enumerate([1.0, 1.0, 0.9]):
+        m.set_weights([np.full((2, 1), float(epoch)), np.zeros(1)])
+        cb.on_epoch_end(epoch, {"val_roc_auc": auc})
+    cb.on_train_end()
+    assert cb.best_epoch == 1 and m.get_weights()[0][0, 0] == 1.0
+    loss_cb = _KeepBest.make("val_loss")  # lower is better, ties also go to the later epoch
+    loss_cb.set_model(m)
+    for epoch, loss in enumerate([0.5, 0.4, 0.4, 0.6]):
+        loss_cb.on_epoch_end(epoch, {"val_loss": loss})
+    assert loss_cb.best_epoch == 2
