@@ -96,10 +96,11 @@ def crop_face(image: np.ndarray, margin: float = 0.2, min_face: float = 0.2, det
 
     ``detector``: a callable ``grey -> box | None`` replacing the Haar cascades (tests).
     """
+    import cv2
+
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] >= 3:
-        grey = (image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
-        grey = np.clip(np.round(grey), 0, 255).astype(np.uint8)
+        grey = cv2.cvtColor(np.ascontiguousarray(image[..., :3], dtype=np.uint8), cv2.COLOR_RGB2GRAY)
     else:
         grey = image.reshape(image.shape[:2]).astype(np.uint8)
     box = detector(grey) if detector is not None else detect_face(grey, min_face=min_face)
