@@ -12,7 +12,8 @@ Targets (unseen people): 10-fold verification accuracy >= 0.95 on LFW-style bala
 on all 4,950 pairs, rank-1 identification with one enrolled image per person >= 0.90. Also measured: training throughput with online semi-hard mining versus a
 plain ``fit`` of the same model on the same batches with a mining-free loss (the cost of
 mining), and embedding throughput. A raw-pixel baseline shows what the training adds.
-Results go to ``benchmarks/results/faces.json`` (+ ROC / histogram PNGs in ``results/faces/``).
+Results go to ``benchmarks/results/faces.json`` (+ ROC / histogram PNGs in ``results/faces/``, not
+tracked: they are remade on every run).
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ import numpy as np
 from benchmarks.common import DATASETS, RESULTS_DIR, median_time, write_result
 
 
-def _load_split(root, size: int):
+def _load_split(root, size: int, face_crop: float | None = None):
     from PIL import Image
 
     from data import identity_folders
+    from data.face_crop import crop_face
 
     refs = identity_folders.list_refs(root, splits={"train": ["s1-s30"], "test": ["s31-s40"]})
     out = {}
@@ -36,6 +38,8 @@ def _load_split(root, size: int):
         xs, ys = [], []
         for ref in (r for r in refs if r.split == split):
             img = identity_folders.load(ref).image
+            if face_crop is not None:  # as ExampleGen's face_crop (misses keep the whole image)
+                img = crop_face(img, margin=face_crop).image
             xs.append(np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR)))
             ys.append(ref.label)
         out[split] = (np.stack(xs).astype(np.float32) / 255.0, np.array(ys, dtype=np.int32))
@@ -144,6 +148,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--loss", choices=("semihard", "hard", "soft_hard"), default="semihard")
     ap.add_argument("--flip-eval", action="store_true",
                     help="average the embeddings of each test image and its mirror image")
+    ap.add_argument("--face-crop", type=float, default=None, metavar="MARGIN",
+                    help="crop the detected face (data/face_crop.py) with this margin before resizing")
     ap.add_argument("--result-name", default="faces", help="benchmarks/results/<name>.json")
     ap.add_argument("--quick", action="store_true", help="a few steps only: checks the wiring")
     ap.add_argument("--pipeline-root", help="report the newest faces_train/faces_eval executions there")
@@ -164,7 +170,7 @@ def main(argv=None) -> dict:
         print(f"skipped: dataset not available at {root}")
         return {"skipped": f"dataset not available: {root}"}
     keras.utils.set_random_seed(args.seed)
-    data = _load_split(root, args.size)
+    data = _load_split(root, args.size, args.face_crop)
     (xtr, ytr), (xte, yte) = data["train"], data["test"]
     shape = (args.size, args.size, 3)
 

@@ -157,9 +157,6 @@ class _LoadDoFn:
         h, w = params.image_size
         oh, ow = img.shape[:2]
         if params.face_crop is not None:
-            if rec.boxes is not None:
-                yield "bad", {"key": rec.key, "reason": "face_crop is for identity images; this record has boxes"}
-                return
             fc = params.face_crop
             crop = crop_face(img, margin=fc.margin, min_face=fc.min_face)
             if not crop.found:
@@ -223,6 +220,9 @@ def run(ctx, inputs, params: ExampleGenParams):
         raise ComponentError(f"ExampleGen: {e}") from None
     if not info.refs:
         raise ComponentError(f"ExampleGen: no records found in {params.source.path or params.source.format}")
+    if params.face_crop is not None and info.task == "detection":
+        raise ComponentError(f"ExampleGen: face_crop would cut away the boxes of {params.source.format} "
+                             "(detection) records; use it for face images (identity folders, classification)")
     for w in info.warnings:
         ctx.logger.warning(w)
     splits = params.split_names()

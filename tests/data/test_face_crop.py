@@ -153,3 +153,11 @@ def test_load_face_image_crops_like_training(tmp_path):
     np.testing.assert_array_equal(plain, kept)  # no face: the whole photo, as in training
     with pytest.raises(ValueError, match="noise.png: no face found"):
         load_face_image(tmp_path / "noise.png", (32, 32), {"margin": 0.2, "on_miss": "bad"})
+
+
+def test_example_gen_refuses_face_crop_on_detection_data(tmp_path):
+    with pytest.raises(ComponentError, match="face_crop would cut away the boxes"):
+        run_single("ExampleGen", {}, {"source": {"format": "synthetic_shapes", "path": str(tmp_path / "raw"),
+                                                 "options": {"num_images": 2}},
+                                      "image_size": [32, 32], "face_crop": {}}, tmp_path / "gen")
+    assert not (tmp_path / "gen" / "examples").exists()
