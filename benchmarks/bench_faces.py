@@ -49,8 +49,14 @@ def _load_split(root, size: int, face_crop: float | None = None):
 _EMBED_FNS: dict = {}
 
 
-def _embed(model, x, batch: int = 100, flip: bool = False):
+def _embed(model, x, batch: int = 100, flip: bool = False, scales=(1.0,)):
     import tensorflow as tf
+
+    if list(scales) != [1.0]:  # multi-scale views (as the pipeline's tta_scales), averaged
+        from models.tta import centre_crop
+
+        e = sum(_embed(model, x if s == 1.0 else centre_crop(x, s).numpy(), batch, flip) for s in scales)
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
 
     # one traced function per model: a new tf.function per call would retrace every time and
     # the embedding throughput would measure tracing, not inference
@@ -78,6 +84,27 @@ def _fixed_batches_ds(x, y, P, K, n_batches, seed):
     return ds.with_options(opts)
 
 
+def _compare_views(model, info, examples, scales) -> dict:
+    """The same trained model on the test split, embedded from the image alone (scale 1.0) and
+    with ``scales`` as multi-scale views (a paired comparison: only the views differ; the
+    model's flip setting is kept)."""
+    from components.metrics.verification import verification_report
+    from components.tasks.embedding import embed, embedding_views, load_split
+
+    x, y, _, _ = load_split(examples, "test", tuple(info["image_size"]))
+    flip, _ = embedding_views(info)
+    out = {}
+    for name, sc in (("single_scale", [1.0]), ("multi_scale", list(scales))):
+        e = embed(model, x, flip=flip, scales=sc)
+        allp = verification_report(e, y)  # rank-1 and all-pairs AUC; accuracy on balanced pairs
+        bal = verification_report(e, y, pair_mode="sampled", num_pairs=2 * allp["num_matched_pairs"])
+        out[name] = {"flip": flip, "scales": sc, "accuracy_mean": round(bal["accuracy_mean"], 4),
+                     "roc_auc": round(bal["roc_auc"], 4), "roc_auc_all_pairs": round(allp["roc_auc"], 4),
+                     "rank1_accuracy": round(allp["rank1_accuracy"], 4)}
+        print(f"  views {sc}: {out[name]}")
+    return out
+
+
 def _from_pipeline(args) -> dict:
     """The numbers of the last pipeline run of configs/faces_att.yaml (Trainer + Evaluator)."""
     import json
@@ -95,14 +122,14 @@ def _from_pipeline(args) -> dict:
     info_path = newest("faces_train/*/model/model_info.json")
     info = json.loads(info_path.read_text())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from components.tasks.embedding import embed
+    from components.tasks.embedding import embed, embedding_views
     from models.preprocessing import load_model
 
     model = load_model(info_path.parent / "model.keras")
     h, w = info["image_size"]
     x = np.random.default_rng(0).integers(0, 255, (100, h, w, 3), dtype=np.uint8)
-    flip = bool(info.get("flip_embeddings"))
-    emb_med, _ = median_time(lambda: embed(model, x, 100, flip), repeats=3, warmup=1)
+    flip, scales = embedding_views(info)
+    emb_med, _ = median_time(lambda: embed(model, x, 100, flip, scales), repeats=3, warmup=1)
     targets = {"accuracy_mean": 0.95, "roc_auc": 0.98, "rank1_accuracy": 0.90}
     result = {"command": "python -m pipeline run configs/faces_att.yaml; python -m benchmarks faces "
                          f"--pipeline-root {args.pipeline_root}",
@@ -114,8 +141,12 @@ def _from_pipeline(args) -> dict:
               "targets_met": {k: bool((metrics.get(k) or 0) >= v) for k, v in targets.items()},
               "train": {k: info.get(k) for k in ("train_seconds", "images_per_second", "epochs_run", "threshold",
                                                  "task_params", "hyperparameters", "params")},
-              "embed_images_per_s": round(len(x) * (2 if flip else 1) / emb_med, 1),
-              "embed_flip": flip}
+              # faces per second, each embedded over len(scales) x (2 with flip) views
+              "embed_faces_per_s": round(len(x) / emb_med, 1),
+              "embed_flip": flip, "embed_tta_scales": scales}
+    if list(args.tta_scales) != [1.0]:
+        result["views_comparison"] = _compare_views(model, info, newest("faces_gen/*/examples/schema.json").parent,
+                                                     args.tta_scales)
     path = write_result(args.result_name, result)
     t = result["test"]
     print(f"faces (pipeline): 10-fold acc {t['accuracy_mean']:.4f} +- {t['accuracy_std']:.4f}, AUC {t['roc_auc']:.4f}, "
@@ -148,6 +179,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--loss", choices=("semihard", "hard", "soft_hard"), default="semihard")
     ap.add_argument("--flip-eval", action="store_true",
                     help="average the embeddings of each test image and its mirror image")
+    ap.add_argument("--tta-scales", type=float, nargs="+", default=[1.0], metavar="FRACTION",
+                    help="also embed centre crops of these fractions and average (e.g. 1 0.9 0.8); "
+                         "with --pipeline-root: compare these views with the model's own on its test split")
     ap.add_argument("--face-crop", type=float, default=None, metavar="MARGIN",
                     help="crop the detected face (data/face_crop.py) with this margin before resizing")
     ap.add_argument("--result-name", default="faces", help="benchmarks/results/<name>.json")
@@ -202,7 +236,7 @@ def main(argv=None) -> dict:
     class _TestCurve(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if args.eval_every and (epoch + 1) % args.eval_every == 0:
-                r = verification_report(_embed(self.model, xte, flip=args.flip_eval), yte)
+                r = verification_report(_embed(self.model, xte, flip=args.flip_eval, scales=args.tta_scales), yte)
                 curve.append({"epoch": epoch + 1, "roc_auc": round(r["roc_auc"], 4),
                               "rank1": round(r["rank1_accuracy"], 4)})
                 print("  test:", curve[-1])
@@ -212,7 +246,7 @@ def main(argv=None) -> dict:
                      shuffle=False, callbacks=[_TestCurve()])
     train_s = time.perf_counter() - t0
 
-    emb = _embed(model, xte, flip=args.flip_eval)
+    emb = _embed(model, xte, flip=args.flip_eval, scales=args.tta_scales)
     plot_dir = RESULTS_DIR / args.result_name
     report = verification_report(emb, yte, plot_dir=plot_dir, seed=args.seed)
     # All pairs are 91% mismatched (an "always different" rule scores 0.909), so the accuracy

@@ -107,9 +107,10 @@ class _Face:
                 raise FaceCommandError(str(e)) from None
         x = np.stack(arrs)
         x = np.clip(np.round(x), 0, 255).astype(np.uint8) if self.uint8 else x / 255.0
-        from components.tasks.embedding import embed
+        from components.tasks.embedding import embed, embedding_views
 
-        return embed(self.model, x, flip=bool(self.info.get("flip_embeddings")))
+        flip, scales = embedding_views(self.info)  # the views the model's threshold was chosen with
+        return embed(self.model, x, flip=flip, scales=scales)
 
 
 def _threshold(face: _Face, override: float | None) -> float:

@@ -82,3 +82,23 @@ def test_example_gen_skips_without_dataset(tmp_path, capsys):
 
     assert main(["--path", str(tmp_path / "absent")]) == {}
     assert "skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_faces_benchmark_quick_with_multi_scale_views(tmp_path, monkeypatch):
+    """`python -m benchmarks faces --quick` end to end on the real AT&T faces (a few training
+    steps): the report has the headline metrics and the views it embedded with."""
+    import benchmarks.bench_faces as bench
+    import benchmarks.common as common
+
+    if not (common.DATASETS / "att_faces").exists():
+        pytest.skip("../shared/datasets/att_faces not available")
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    out = bench.main(["--quick", "--no-throughput", "--flip-eval", "--tta-scales", "1", "0.8",
+                      "--result-name", "faces_quick"])
+    assert out["config"]["tta_scales"] == [1.0, 0.8]
+    t = out["test"]
+    assert 0.5 <= t["balanced_accuracy_mean"] <= 1.0 and 0.0 <= t["roc_auc"] <= 1.0
+    assert (tmp_path / "faces_quick.json").exists()
+    assert (tmp_path / "faces_quick" / "roc.png").stat().st_size > 1000

@@ -37,11 +37,14 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from components.base import ComponentError, Params
+
+# a centre crop's side as a fraction of the image side
+Scale = Annotated[float, Field(gt=0.0, le=1.0)]
 
 VAL_METRICS = ("val_roc_auc", "val_accuracy", "val_rank1_accuracy")
 LOWER_IS_BETTER = ("eer",)
@@ -62,6 +65,11 @@ class TrainParams(Params):
     # Embed each image and its mirror image and average (threshold choice, validation, and
     # recorded in model_info.json so the Evaluator and `faces` commands do the same).
     flip_embeddings: bool = False
+    # Multi-scale views: each image is also embedded after a centre crop of these fractions of
+    # its side (resized back), and the views' embeddings are averaged (x2 with flip_embeddings).
+    # [1.0, 0.9, 0.8] makes the distance less sensitive to how far the camera was.
+    # Recorded in model_info.json like flip_embeddings.
+    tta_scales: list[Scale] = Field(default_factory=lambda: [1.0], min_length=1)
     threshold_pairs: Literal["balanced", "all"] = "balanced"
     max_threshold_pairs: int = Field(200_000, ge=10)
     validate_every: int = Field(1, ge=1)  # epochs between held-out checks (with an eval split)
@@ -77,6 +85,7 @@ class EvalParams(Params):
     seed: int = 0
     fars: list[float] = Field(default_factory=lambda: [1e-2, 1e-3])
     flip: bool | None = None  # None: as the model was trained (model_info.flip_embeddings)
+    tta_scales: list[Scale] | None = Field(None, min_length=1)  # None: as the model was trained (model_info.tta_scales)
     batch_size: int = Field(64, ge=1)
 
 
@@ -116,18 +125,33 @@ def load_split(examples: Path, split: str, image_size) -> tuple:
     return x, y.astype(np.int64), ids, keys
 
 
-def embed(model, images, batch_size: int = 64, flip: bool = False):
-    """L2-normalised embeddings of uint8 images; ``flip`` averages with the mirror images."""
+def embed(model, images, batch_size: int = 64, flip: bool = False, scales=(1.0,)):
+    """L2-normalised embeddings of uint8 images, averaged over views: a centre crop of each
+    fraction in ``scales`` (1.0 = the image itself), and with ``flip`` also their mirrors."""
     import numpy as np
+
+    from models.tta import centre_crop
 
     def run(x):
         out = [np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
-        return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 1))
+        out = np.concatenate(out).astype(np.float64) if out else np.zeros((0, 1))
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
-    e = run(images)
-    if flip:
-        e = e + run(np.ascontiguousarray(images[:, :, ::-1]))
+    e = 0.0
+    for s in scales or (1.0,):
+        view = images if float(s) == 1.0 else centre_crop(images, s).numpy()
+        e = e + run(view)
+        if flip:
+            e = e + run(np.ascontiguousarray(view[:, :, ::-1]))
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+def embedding_views(info: dict, flip: bool | None = None, scales=None) -> tuple[bool, list[float]]:
+    """The views a model's embeddings are averaged over, as recorded in its model_info.json
+    (``flip_embeddings``, ``tta_scales``), unless overridden."""
+    flip = bool(info.get("flip_embeddings")) if flip is None else flip
+    scales = list(scales if scales is not None else info.get("tta_scales") or [1.0])
+    return flip, scales
 
 
 def _pairs(labels, mode: str, max_pairs: int, seed: int):
@@ -228,7 +252,7 @@ def _validation_callback(ctx, x_ev, y_ev, tp: TrainParams, seed: int):
         def on_epoch_end(self, epoch, logs=None):
             if logs is None or (epoch + 1) % tp.validate_every:
                 return
-            emb = embed(self.model, x_ev, flip=tp.flip_embeddings)
+            emb = embed(self.model, x_ev, flip=tp.flip_embeddings, scales=tp.tta_scales)
             r = quick_verification(emb, y_ev, "balanced", tp.max_threshold_pairs, seed)
             logs["val_roc_auc"], logs["val_accuracy"] = r["roc_auc"], r["accuracy"]
             if "rank1_accuracy" in r:
@@ -308,7 +332,7 @@ def train(ctx, inputs, params, tp: TrainParams) -> dict:
 
     # The decision threshold, on held-out identities when there are some.
     src, xs, ys = ("eval", x_ev, y_ev) if has_eval else ("train", x_tr, y_tr)
-    emb = embed(model, xs, flip=tp.flip_embeddings)
+    emb = embed(model, xs, flip=tp.flip_embeddings, scales=tp.tta_scales)
     thr = quick_verification(emb, ys, tp.threshold_pairs, tp.max_threshold_pairs, params.seed)
     ctx.logger.info("threshold %.4f chosen on %s (%s pairs, accuracy %.4f, ROC AUC %.4f)", thr["threshold"],
                     src, tp.threshold_pairs, thr["accuracy"], thr["roc_auc"])
@@ -321,7 +345,7 @@ def train(ctx, inputs, params, tp: TrainParams) -> dict:
     info = {"model": params.model, "task": "embedding", "classes": sorted(set(ids_tr), key=_natural),
             "image_size": list(image_size), "threshold": thr["threshold"], "threshold_source": src,
             "threshold_accuracy": thr["accuracy"], "threshold_roc_auc": thr["roc_auc"],
-            "distance": "L2", "flip_embeddings": tp.flip_embeddings,
+            "distance": "L2", "flip_embeddings": tp.flip_embeddings, "tta_scales": tp.tta_scales,
             # ExampleGen's face detection/cropping: serving (faces commands, img_to_encoding) repeats it
             "face_crop": schema.get("face_crop"),
             "embedding_dim": int(model.output_shape[-1]), "task_params": tp.model_dump(mode="json"),
@@ -415,8 +439,8 @@ def _baseline(params, images, labels, tp: EvalParams, pairs, ctx):
         ctx.logger.info("baseline %s takes %s images, not %s: not compared", uri, info.get("image_size"),
                         list(images.shape[1:3]))
         return None
-    flip = tp.flip if tp.flip is not None else bool(info.get("flip_embeddings"))
-    emb = embed(model, images, tp.batch_size, flip)
+    flip, scales = embedding_views(info, tp.flip, tp.tta_scales)
+    emb = embed(model, images, tp.batch_size, flip, scales)
     r = verification_report(emb, labels, pairs=pairs, pair_mode="all" if pairs is None else "sampled",
                             n_folds=tp.n_folds, seed=tp.seed, fars=tuple(tp.fars))
     flat = _flat(r)
@@ -458,9 +482,9 @@ def evaluate(ctx, inputs, params, tp: EvalParams) -> dict:
         ctx.logger.warning("%d of the %d evaluated identities were seen in training (e.g. %s): the numbers are "
                            "not for unseen people", len(seen), len(set(idents)), seen[:3])
     model = load_model(model_dir / "model.keras")
-    flip = tp.flip if tp.flip is not None else bool(info.get("flip_embeddings"))
+    flip, scales = embedding_views(info, tp.flip, tp.tta_scales)
     t0 = time.perf_counter()
-    emb = embed(model, images, tp.batch_size, flip)
+    emb = embed(model, images, tp.batch_size, flip, scales)
     embed_s = time.perf_counter() - t0
 
     missing_pairs = 0
@@ -492,9 +516,11 @@ def evaluate(ctx, inputs, params, tp: EvalParams) -> dict:
     report.pop("fold_thresholds", None)
     report["plots"] = {k: Path(v).name for k, v in report.get("plots", {}).items()}
     report.update({"split": split, "num_images": int(len(images)), "num_identities": int(len(set(idents))),
-                   "flip_embeddings": flip, "model_threshold": info.get("threshold"),
+                   "flip_embeddings": flip, "tta_scales": scales, "model_threshold": info.get("threshold"),
                    "identities_seen_in_training": len(seen),
-                   "embed_images_per_second": len(images) * (2 if flip else 1) / max(embed_s, 1e-9)})
+                   # views per second: each image is embedded len(scales) x (2 with flip) times
+                   "embed_images_per_second": len(images) * len(scales) * (2 if flip else 1) / max(embed_s, 1e-9),
+                   "embed_faces_per_second": len(images) / max(embed_s, 1e-9)})
     if info.get("threshold") is not None:  # how the threshold the model ships with does here
         from components.metrics.verification import pair_distances
 

@@ -96,6 +96,50 @@ def test_evaluator_reports_verification_and_blesses(faces, tmp_path):
     assert b["blessed"] is False and "accuracy" in b["reasons"][0]
 
 
+def test_embed_averages_normalised_views():
+    from components.tasks.embedding import embed, embedding_views
+    from models.tta import centre_crop
+
+    def model(x, training=False):  # corner and centre pixels: views differ, so averaging shows
+        x = np.asarray(x, dtype=np.float64)
+        return np.stack([x[:, 0, 0, 0], x[:, -1, -1, 1], x[:, 4, 4, 2] + 1.0], axis=1)
+
+    l2 = lambda e: e / np.linalg.norm(e, axis=1, keepdims=True)  # noqa: E731
+    x = np.random.default_rng(0).integers(0, 255, (5, 9, 9, 3), dtype=np.uint8)
+    np.testing.assert_allclose(embed(model, x), l2(model(x)))
+    np.testing.assert_allclose(embed(model, x, scales=[1.0]), embed(model, x, scales=None))
+    zoom = centre_crop(x, 0.6).numpy()
+    want = l2(l2(model(x)) + l2(model(x[:, :, ::-1])) + l2(model(zoom)) + l2(model(zoom[:, :, ::-1])))
+    np.testing.assert_allclose(embed(model, x, batch_size=2, flip=True, scales=[1.0, 0.6]), want, atol=1e-12)
+    # the views a model was trained with come from its model_info, unless overridden
+    assert embedding_views({"flip_embeddings": True, "tta_scales": [1.0, 0.8]}) == (True, [1.0, 0.8])
+    assert embedding_views({}) == (False, [1.0])  # models trained before tta_scales existed
+    assert embedding_views({"flip_embeddings": True}, flip=False, scales=[0.9]) == (False, [0.9])
+
+
+def test_multi_scale_views_recorded_and_followed(faces, tmp_path):
+    d, ex, tf_dir, model_dir, _ = faces
+    info = json.loads((model_dir / "model_info.json").read_text())
+    assert info["tta_scales"] == [1.0] and info["flip_embeddings"] is False  # the defaults
+    m = run_single("Trainer", {"examples": ex, "transform": tf_dir},
+                   {**TINY, "epochs": 1, "task_params": {**TINY["task_params"], "flip_embeddings": True,
+                                                         "tta_scales": [1.0, 0.85]}}, tmp_path / "t")
+    info = json.loads((tmp_path / "t" / "model" / "model_info.json").read_text())
+    assert info["tta_scales"] == [1.0, 0.85] and info["flip_embeddings"] is True
+    assert info["threshold"] == pytest.approx(m["metrics"]["threshold"])
+    # the Evaluator embeds as the model was trained, or as told
+    run_single("Evaluator", {"model": tmp_path / "t" / "model", "examples": ex},
+               {"split": "test", "task_params": {"n_folds": 5}}, tmp_path / "ev")
+    r = json.loads((tmp_path / "ev" / "evaluation" / "metrics.json").read_text())
+    assert r["tta_scales"] == [1.0, 0.85] and r["flip_embeddings"] is True
+    assert r["embed_images_per_second"] == pytest.approx(4 * r["embed_faces_per_second"])
+    run_single("Evaluator", {"model": tmp_path / "t" / "model", "examples": ex},
+               {"split": "test", "task_params": {"n_folds": 5, "tta_scales": [1.0], "flip": False}}, tmp_path / "ev1")
+    r1 = json.loads((tmp_path / "ev1" / "evaluation" / "metrics.json").read_text())
+    assert r1["tta_scales"] == [1.0] and r1["flip_embeddings"] is False
+    assert r1["roc_auc"] != pytest.approx(r["roc_auc"], abs=1e-9)  # other views, other distances
+
+
 def test_bad_task_params_fail_validation(faces, tmp_path):
     d, ex, tf_dir, model_dir, _ = faces
     with pytest.raises(ValidationError, match="bogus"):
@@ -104,6 +148,12 @@ def test_bad_task_params_fail_validation(faces, tmp_path):
     with pytest.raises(ValidationError, match="loss"):
         run_single("Trainer", {"examples": ex, "transform": tf_dir},
                    {**TINY, "task_params": {"loss": "contrastive"}}, tmp_path / "t2")
+    with pytest.raises(ValidationError, match="tta_scales"):  # a crop cannot be larger than the image
+        run_single("Trainer", {"examples": ex, "transform": tf_dir},
+                   {**TINY, "task_params": {"tta_scales": [1.0, 1.2]}}, tmp_path / "t4")
+    with pytest.raises(ValidationError, match="tta_scales"):
+        run_single("Trainer", {"examples": ex, "transform": tf_dir},
+                   {**TINY, "task_params": {"tta_scales": []}}, tmp_path / "t5")
     with pytest.raises(ComponentError, match="pair_mode"):
         run_single("Evaluator", {"model": model_dir, "examples": ex},
                    {"task_params": {"pair_mode": "everything"}}, tmp_path / "e")

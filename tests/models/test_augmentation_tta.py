@@ -10,7 +10,7 @@ tf = pytest.importorskip("tensorflow")
 from models.augmentation import (  # noqa: E402
     CUSTOM_OBJECTS, DEFAULTS, TrainingOnlySequential, build_augmentation, resolve_config)
 from models.signs_cnn import build_signs_cnn  # noqa: E402
-from models.tta import crop_boxes, predict_with_crops  # noqa: E402
+from models.tta import centre_crop, crop_boxes, predict_with_crops  # noqa: E402
 
 
 def _images(n=4, size=32, seed=0):
@@ -174,6 +174,22 @@ def test_crop_boxes_geometry():
         crop_boxes(3)
     with pytest.raises(ValueError, match="crop_fraction"):
         crop_boxes(1, crop_fraction=0.0)
+
+
+def test_centre_crop_is_a_zoom_on_the_centre():
+    # A ramp along x is exact under bilinear resizing: the crop's columns must span the centre
+    # `fraction` of the original columns, evenly, at the original size.
+    w = 9
+    ramp = np.tile(np.arange(w, dtype=np.float32)[None, None, :, None], (2, 5, 1, 3))
+    out = centre_crop(ramp, 0.5).numpy()
+    assert out.shape == ramp.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 2, :, 0], np.linspace(2.0, 6.0, w), atol=1e-5)
+    np.testing.assert_allclose(out[:, :, :, 0], np.broadcast_to(out[0, 2, :, 0], (2, 5, w)), atol=1e-5)
+    np.testing.assert_array_equal(centre_crop(ramp, 1.0).numpy(), ramp)
+    with pytest.raises(ValueError, match="crop_fraction"):
+        centre_crop(ramp, 1.2)
+    with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
+        centre_crop(ramp[0], 0.5)
 
 
 @pytest.fixture(scope="module")
