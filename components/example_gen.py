@@ -327,7 +327,11 @@ def run(ctx, inputs, params: ExampleGenParams):
 
 def _external(params: ExampleGenParams) -> list[str]:
     p = params.source.path
-    return [] if p is None else ([p] if isinstance(p, str) else list(p))
+    if p is None or params.source.format.startswith("synthetic_"):
+        # a generator's output is a function of its options and code (both in the key); its
+        # folder's file stats would change the key once the first run has written it
+        return []
+    return [p] if isinstance(p, str) else list(p)
 
 
 SPEC = ComponentSpec(

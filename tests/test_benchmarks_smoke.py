@@ -102,3 +102,49 @@ def test_faces_benchmark_quick_with_multi_scale_views(tmp_path, monkeypatch):
     assert 0.5 <= t["balanced_accuracy_mean"] <= 1.0 and 0.0 <= t["roc_auc"] <= 1.0
     assert (tmp_path / "faces_quick.json").exists()
     assert (tmp_path / "faces_quick" / "roc.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_faces_benchmark_runs_the_pipeline_per_seed(tmp_path, monkeypatch):
+    """`--pipeline-config C --seeds ...`: one pipeline run per Trainer seed (up to the
+    Evaluator), every seed's metrics and their median; a rerun of a seed is a cache hit."""
+    import benchmarks.bench_faces as bench
+    import benchmarks.common as common
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    splits = {"train": ["id_000-id_007"], "eval": ["id_008-id_009"], "test": ["id_010-id_012"]}
+    cfg = {"name": "faces-seeds", "root": str(tmp_path / "root"), "components": {
+        "gen": {"type": "ExampleGen", "params": {
+            "source": {"format": "synthetic_faces", "path": str(tmp_path / "raw"),
+                       "options": {"num_identities": 13, "images_per_identity": 4, "size": 32, "splits": splits}},
+            "image_size": [32, 32], "split_map": {"train": "train", "eval": "eval", "test": "test"}}},
+        "stats": {"type": "StatisticsGen", "inputs": {"examples": "gen.examples"}},
+        "tf": {"type": "Transform", "inputs": {"examples": "gen.examples", "statistics": "stats.statistics"}},
+        "train": {"type": "Trainer", "inputs": {"examples": "gen.examples", "transform": "tf.transform"},
+                  "params": {"model": "facenet_small", "epochs": 1, "eval_split": "eval",
+                             "hyperparameters": {"width": 8, "embedding_dim": 8, "dropout": 0.0},
+                             "task_params": {"P": 4, "K": 2, "steps_per_epoch": 2}}},
+        "eval": {"type": "Evaluator", "inputs": {"model": "train.model", "examples": "gen.examples"},
+                 "params": {"split": "test", "task_params": {"n_folds": 3}}},
+        "push": {"type": "Pusher", "inputs": {"model": "train.model", "blessing": "eval.blessing"},
+                 "params": {"registered_model_name": "never-reached"}}}}
+    path = tmp_path / "faces.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = bench.main(["--pipeline-config", str(path), "--seeds", "0", "1", "0", "--result-name", "seeds"])
+    runs = out["runs"]
+    assert [r["seed"] for r in runs] == [0, 1, 0]
+    assert [r["cached"] for r in runs] == [False, False, True]
+    assert runs[2]["accuracy_mean"] == runs[0]["accuracy_mean"]  # the same model, from the cache
+    accs = sorted(r["accuracy_mean"] for r in runs)
+    assert out["median"]["accuracy_mean"] == accs[1]
+    assert out["min_max"]["accuracy_mean"] == [accs[0], accs[2]]
+    assert set(out["targets_met_by_median"]) == {"accuracy_mean", "roc_auc", "rank1_accuracy"}
+    assert (tmp_path / "results" / "seeds.json").exists()
+    assert not list((tmp_path / "root").glob("push*"))  # runs stop at the Evaluator
+
+
+def test_faces_benchmark_pipeline_config_needs_seeds(tmp_path):
+    import benchmarks.bench_faces as bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--pipeline-config", str(tmp_path / "x.yaml")])

@@ -73,6 +73,34 @@ def test_params_and_inputs_change_the_key():
     assert k1 == compute_key("Trainer", params, {"examples": "a"})[0]
 
 
+def test_a_generated_source_is_a_cache_hit_on_the_second_run(tmp_path):
+    """A synthetic source's key is its options and code, not the folder it writes: the folder
+    appearing after the first run must not make the second run a miss. A real folder's
+    files still count."""
+    import yaml
+
+    cfg = {"name": "gen-cache", "root": str(tmp_path / "root"), "components": {"gen": {
+        "type": "ExampleGen", "params": {
+            "source": {"format": "synthetic_faces", "path": str(tmp_path / "raw"),
+                       "options": {"num_identities": 4, "images_per_identity": 3, "size": 32}},
+            "image_size": [32, 32], "split_by": "identity"}}}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    first = Runner(load_pipeline(path), show_progress=False, tracking=False).run()
+    second = Runner(load_pipeline(path), show_progress=False, tracking=False).run()
+    assert first.executions["gen"].status == "done" and second.executions["gen"].status == "cached"
+    assert (tmp_path / "raw").is_dir()
+
+    # the generated folder read as real identity folders: editing a file changes the key
+    cfg["components"]["gen"]["params"]["source"] = {"format": "identity_folders", "path": str(tmp_path / "raw")}
+    path.write_text(yaml.safe_dump(cfg))
+    key = lambda: compute_key("ExampleGen", load_pipeline(path).components["gen"].params, {})[0]  # noqa: E731
+    before = key()
+    img = next((tmp_path / "raw").rglob("*.png"))
+    img.write_bytes(img.read_bytes() + b"\0")
+    assert key() != before
+
+
 def test_code_closure_follows_imports_without_importing_them():
     import subprocess
     import sys
