@@ -50,24 +50,17 @@ _EMBED_FNS: dict = {}
 
 
 def _embed(model, x, batch: int = 100, flip: bool = False, scales=(1.0,)):
+    """The pipeline's embedding (components.tasks.embedding.embed: views averaged, L2-normalised)
+    through one traced function per model: a new tf.function per call would retrace every time
+    and the embedding throughput would measure tracing, not inference."""
     import tensorflow as tf
 
-    if list(scales) != [1.0]:  # multi-scale views (as the pipeline's tta_scales), averaged
-        from models.tta import centre_crop
+    from components.tasks.embedding import embed
 
-        e = sum(_embed(model, x if s == 1.0 else centre_crop(x, s).numpy(), batch, flip) for s in scales)
-        return e / np.linalg.norm(e, axis=1, keepdims=True)
-
-    # one traced function per model: a new tf.function per call would retrace every time and
-    # the embedding throughput would measure tracing, not inference
     fn = _EMBED_FNS.get(id(model))
     if fn is None:
         fn = _EMBED_FNS[id(model)] = tf.function(lambda t: model(t, training=False))
-    e = np.concatenate([fn(tf.constant(x[i:i + batch])).numpy() for i in range(0, len(x), batch)])
-    if flip:
-        e = e + _embed(model, x[:, :, ::-1].copy(), batch)
-        e = e / np.linalg.norm(e, axis=1, keepdims=True)
-    return e
+    return embed(lambda t, training=False: fn(tf.constant(t, tf.float32)), x, batch, flip, scales)
 
 
 def _fixed_batches_ds(x, y, P, K, n_batches, seed):
@@ -115,15 +108,15 @@ def _pipeline_seeds(args) -> dict:
     from pipeline.config import load_pipeline
     from pipeline.runner import Runner
 
+    pipe = load_pipeline(args.pipeline_config)
+    trainers = [c for c in pipe.order if pipe.components[c].type == "Trainer"]
+    evaluators = [c for c in pipe.order if pipe.components[c].type == "Evaluator"]
+    if len(trainers) != 1 or len(evaluators) != 1:
+        raise SystemExit(f"{args.pipeline_config}: expected one Trainer and one Evaluator, found "
+                         f"{trainers} and {evaluators}")
+    tr, ev = trainers[0], evaluators[0]
     runs = []
     for seed in args.seeds:
-        pipe = load_pipeline(args.pipeline_config)
-        trainers = [c for c in pipe.order if pipe.components[c].type == "Trainer"]
-        evaluators = [c for c in pipe.order if pipe.components[c].type == "Evaluator"]
-        if len(trainers) != 1 or len(evaluators) != 1:
-            raise SystemExit(f"{args.pipeline_config}: expected one Trainer and one Evaluator, found "
-                             f"{trainers} and {evaluators}")
-        tr, ev = trainers[0], evaluators[0]
         pipe = load_pipeline(args.pipeline_config, overrides=[f"{tr}.seed={seed}"])
         t0 = time.perf_counter()
         res = Runner(pipe, show_progress=False, tracking=False).run(to=ev)
@@ -239,6 +232,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--pipeline-config", help="with --seeds: run this face pipeline once per Trainer seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="Trainer seeds for --pipeline-config")
     args = ap.parse_args(argv)
+    bad = [f for f in args.tta_scales if not 0.0 < f <= 1.0]
+    if bad:  # before minutes of training, not after
+        ap.error(f"--tta-scales: each fraction must be in (0, 1], got {bad}")
     if args.pipeline_config:
         if not args.seeds:
             ap.error("--pipeline-config needs --seeds")

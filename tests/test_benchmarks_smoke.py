@@ -114,19 +114,19 @@ def test_faces_benchmark_runs_the_pipeline_per_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
     splits = {"train": ["id_000-id_007"], "eval": ["id_008-id_009"], "test": ["id_010-id_012"]}
     cfg = {"name": "faces-seeds", "root": str(tmp_path / "root"), "components": {
-        "gen": {"type": "ExampleGen", "params": {
+        "faces_gen": {"type": "ExampleGen", "params": {
             "source": {"format": "synthetic_faces", "path": str(tmp_path / "raw"),
                        "options": {"num_identities": 13, "images_per_identity": 4, "size": 32, "splits": splits}},
             "image_size": [32, 32], "split_map": {"train": "train", "eval": "eval", "test": "test"}}},
-        "stats": {"type": "StatisticsGen", "inputs": {"examples": "gen.examples"}},
-        "tf": {"type": "Transform", "inputs": {"examples": "gen.examples", "statistics": "stats.statistics"}},
-        "train": {"type": "Trainer", "inputs": {"examples": "gen.examples", "transform": "tf.transform"},
+        "stats": {"type": "StatisticsGen", "inputs": {"examples": "faces_gen.examples"}},
+        "tf": {"type": "Transform", "inputs": {"examples": "faces_gen.examples", "statistics": "stats.statistics"}},
+        "faces_train": {"type": "Trainer", "inputs": {"examples": "faces_gen.examples", "transform": "tf.transform"},
                   "params": {"model": "facenet_small", "epochs": 1, "eval_split": "eval",
                              "hyperparameters": {"width": 8, "embedding_dim": 8, "dropout": 0.0},
                              "task_params": {"P": 4, "K": 2, "steps_per_epoch": 2}}},
-        "eval": {"type": "Evaluator", "inputs": {"model": "train.model", "examples": "gen.examples"},
+        "faces_eval": {"type": "Evaluator", "inputs": {"model": "faces_train.model", "examples": "faces_gen.examples"},
                  "params": {"split": "test", "task_params": {"n_folds": 3}}},
-        "push": {"type": "Pusher", "inputs": {"model": "train.model", "blessing": "eval.blessing"},
+        "push": {"type": "Pusher", "inputs": {"model": "faces_train.model", "blessing": "faces_eval.blessing"},
                  "params": {"registered_model_name": "never-reached"}}}}
     path = tmp_path / "faces.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -142,9 +142,22 @@ def test_faces_benchmark_runs_the_pipeline_per_seed(tmp_path, monkeypatch):
     assert (tmp_path / "results" / "seeds.json").exists()
     assert not list((tmp_path / "root").glob("push*"))  # runs stop at the Evaluator
 
+    # --pipeline-root: the newest execution's numbers (seed 1's: the last seed 0 was a cache
+    # hit), and the paired single- vs multi-scale views of that model
+    out = bench.main(["--pipeline-root", str(tmp_path / "root"), "--tta-scales", "1", "0.8",
+                      "--result-name", "root"])
+    assert out["test"]["accuracy_mean"] == runs[1]["accuracy_mean"] and out["embed_faces_per_s"] > 0
+    views = out["views_comparison"]
+    assert views["single_scale"]["scales"] == [1.0] and views["multi_scale"]["scales"] == [1.0, 0.8]
+    # same pairs as the Evaluator (balanced, seed 0), so the same AUC (accuracy differs: 3 folds there)
+    assert views["single_scale"]["roc_auc"] == pytest.approx(runs[1]["roc_auc"], abs=1e-4)
+    assert views["multi_scale"]["roc_auc_all_pairs"] != views["single_scale"]["roc_auc_all_pairs"]
+
 
 def test_faces_benchmark_pipeline_config_needs_seeds(tmp_path):
     import benchmarks.bench_faces as bench
 
     with pytest.raises(SystemExit):
         bench.main(["--pipeline-config", str(tmp_path / "x.yaml")])
+    with pytest.raises(SystemExit):  # refused before any training
+        bench.main(["--quick", "--tta-scales", "1", "1.5"])
