@@ -28,6 +28,11 @@ from typing import Any, Callable, Iterator, Protocol
 from pydantic import BaseModel, ConfigDict
 
 
+# The MLflow tracking store used when none is given (the default pipeline's, relative to the
+# working directory).
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
 class Params(BaseModel):
     """Base for component params: unknown keys are errors (a typo must not be ignored)."""
 
@@ -84,7 +89,7 @@ class Context:
     logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("component"))
     tracker: Tracker = dataclasses.field(default_factory=NullTracker)
     beam_args: list[str] = dataclasses.field(default_factory=lambda: ["--runner=FnApiRunner"])
-    tracking_uri: str = "sqlite:///mlflow.db"
+    tracking_uri: str = DEFAULT_TRACKING_URI
     pipeline_run_id: str | None = None
     cache_key: str | None = None
     component_id: str = "component"

@@ -57,7 +57,7 @@ def detect(model_uri, images, out_dir, score_threshold, iou_threshold, max_boxes
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
     from components.base import ComponentError
-    from components.tasks.detection import detect_images
+    from components.detect import detect_images
 
     try:
         rows = detect_images(model_uri, list(images), out_dir, score_threshold=score_threshold,

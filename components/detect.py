@@ -1,0 +1,104 @@
+"""``python -m pipeline detect``: a pipeline detector (registered or local) or the course's
+YOLOv2 weights on image files; boxes printed, drawn and written to ``detections.json``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from components.base import DEFAULT_TRACKING_URI, ComponentError
+
+
+def _load_any_detector(model: str, tracking_uri: str, classes_file, anchors_file, input_size: int):
+    """(kind "course"|"pipeline", keras model, class names, anchors (grid units), input (h, w))."""
+    import numpy as np
+
+    p = Path(model)
+    if p.suffix.lower() in (".h5", ".hdf5") or classes_file or anchors_file:
+        from models.yolo import load_course_model, read_anchors, read_classes
+
+        if not (classes_file and anchors_file):
+            raise ComponentError("the course's YOLOv2 needs --classes coco_classes.txt and --anchors yolo_anchors.txt "
+                                 "beside the weights file")
+        for f, opt in ((classes_file, "--classes"), (anchors_file, "--anchors")):
+            if not Path(f).is_file():
+                raise ComponentError(f"{opt} {f}: file not found")
+        names, anchors = read_classes(classes_file), read_anchors(anchors_file)
+        try:
+            net = load_course_model(p, input_shape=(input_size, input_size, 3), num_anchors=len(anchors),
+                                    num_classes=len(names))
+        except (FileNotFoundError, ValueError) as e:
+            raise ComponentError(str(e)) from None
+        return "course", net, names, anchors, (input_size, input_size)
+    from components.predict import PredictError, load_classifier
+
+    try:
+        net, info = load_classifier(model, tracking_uri)
+    except PredictError as e:
+        raise ComponentError(str(e)) from None
+    if info.get("task") != "detection":
+        raise ComponentError(f"{model}: a {info.get('task')} model, not a detector (use `python -m pipeline predict`)")
+    return "pipeline", net, list(info["classes"]), np.asarray(info["anchors"], np.float32), tuple(info["image_size"])
+
+
+def detect_images(model: str, images: list[str], out_dir, *, score_threshold: float = 0.3,
+                  iou_threshold: float = 0.5, max_boxes: int = 10, classes_file=None, anchors_file=None,
+                  input_size: int = 608, resize: str = "plain", tracking_uri: str = DEFAULT_TRACKING_URI,
+                  echo=print) -> list[dict]:
+    """Detect objects in image files, draw them into ``out_dir/<stem>.png`` and write
+    ``out_dir/detections.json``; returns the rows. The course's YOLOv2 (a weights file +
+    classes + anchors) is decoded with the course's ``yolo_head`` + ``yolo_eval`` (class-agnostic
+    NMS, ``max_boxes``); a pipeline detector with the batched per-class decoder."""
+    import numpy as np
+
+    from data.records import BadRecord, read_image_file
+    from models.yolo import decode_predictions, yolo_eval, yolo_head
+    from models.yolo.draw import draw_boxes, fit_image
+
+    kind, net, names, anchors, (h, w) = _load_any_detector(model, tracking_uri, classes_file, anchors_file, input_size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, used = [], set()
+    for path in images:
+        try:
+            img = read_image_file(path)
+        except BadRecord as e:
+            rows.append({"image": path, "error": e.reason})
+            echo(f"{path}: {e.reason}")
+            continue
+        fitted, unmap = fit_image(img, (h, w), resize)
+        if kind == "course":
+            raw = net(fitted[None].astype(np.float32) / 255.0, training=False)
+            scores, boxes, classes = yolo_eval(yolo_head(raw, anchors, len(names)), image_shape=(1.0, 1.0),
+                                               max_boxes=max_boxes, score_threshold=score_threshold,
+                                               iou_threshold=iou_threshold)
+            yxyx = np.asarray(boxes).reshape(-1, 4)
+            rel = yxyx[:, [1, 0, 3, 2]]
+            scores, classes = np.asarray(scores).reshape(-1), np.asarray(classes).reshape(-1)
+        else:
+            raw = net(fitted[None], training=False)
+            dec = decode_predictions(raw, anchors, len(names), score_threshold=score_threshold,
+                                     iou_threshold=iou_threshold, max_detections=max_boxes)
+            n = int(dec["num_detections"][0])
+            rel = np.asarray(dec["boxes"][0])[:n]
+            scores, classes = np.asarray(dec["scores"][0])[:n], np.asarray(dec["classes"][0])[:n]
+        px = unmap(rel)
+        dets = [{"class": names[int(c)], "label": int(c), "score": round(float(s), 4),
+                 "box": [round(float(v), 1) for v in b]} for b, s, c in zip(px, scores, classes)]
+        dets.sort(key=lambda d: -d["score"])
+        stem = Path(path).stem
+        name = stem if stem not in used else f"{stem}_{len(rows)}"
+        used.add(name)
+        drawn = out_dir / f"{name}.png"
+        draw_boxes(img, dets, names, drawn)
+        rows.append({"image": path, "width": int(img.shape[1]), "height": int(img.shape[0]), "output": str(drawn),
+                     "detections": dets})
+        echo(f"Found {len(dets)} boxes for {path}")
+        for d in dets:
+            x1, y1, x2, y2 = (int(round(v)) for v in d["box"])
+            echo(f"  {d['class']} {d['score']:.2f} ({x1}, {y1}) ({x2}, {y2})")
+    meta = {"model": model, "kind": kind, "classes": names, "input_size": [h, w], "resize": resize,
+            "score_threshold": score_threshold, "iou_threshold": iou_threshold, "max_boxes": max_boxes,
+            "nms": "class-agnostic (the course's yolo_eval)" if kind == "course" else "per class",
+            "images": rows}
+    (out_dir / "detections.json").write_text(json.dumps(meta, indent=2))
+    return rows
