@@ -56,6 +56,11 @@ class ComponentSpec:
     code_dependencies: Callable[[Any], list[str]] | None = None
     # Files outside the artifact store that the result depends on (raw data for ExampleGen).
     external_files: Callable[[Any], list[str]] | None = None
+    # State outside the DAG the component depends on, resolved once when a pipeline run starts:
+    # (params, tracking_uri, input fingerprints) -> JSON-able dict. It is part of the cache key,
+    # recorded in the execution's metadata and handed to ``run`` as ``ctx.resolved`` (TFX's
+    # Resolver node: the Evaluator's baseline, the registry's champion at that moment).
+    resolve: Callable[[Any, str, dict], dict] | None = None
 
 
 class Tracker(Protocol):
@@ -94,6 +99,8 @@ class Context:
     cache_key: str | None = None
     component_id: str = "component"
     show_progress: bool = True
+    resolved: dict = dataclasses.field(default_factory=dict)  # the spec's `resolve` result
+    input_fingerprints: dict = dataclasses.field(default_factory=dict)  # input name -> artifact fingerprint
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:

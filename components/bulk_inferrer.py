@@ -3,13 +3,12 @@
 Records are read with Beam's TFRecord source, batched (`BatchElements`), and predicted by a
 DoFn that loads the model once per worker (`setup`). Output: `predictions.jsonl` (one row per
 example, with its key) plus, for tasks that define one, a task-specific file (detection: COCO
-result JSON). Classification is built in; other tasks provide
-`components.tasks.<task>.load_predictor(model_dir)` and optionally `finalize(rows, out_dir, info)`.
+result JSON). The model's task plug-in supplies the predictor (``Task.predictor``) and any extra
+files of the whole split (``Task.finalize_inference``).
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pydantic import Field
 
@@ -21,32 +20,13 @@ class BulkInferrerParams(Params):
     batch_size: int = Field(64, ge=1)
 
 
-class _ClassificationPredictor:
-    def __init__(self, model_dir: str):
-        from models.preprocessing import load_model
+def make_predictor(model_dir: str, **options):
+    """(the model's task plug-in predictor, ModelInfo) for a Trainer model folder."""
+    from components.artifacts import Model
+    from components.tasks import get_task
 
-        self.info = json.loads((Path(model_dir) / "model_info.json").read_text())
-        self.model = load_model(Path(model_dir) / "model.keras")
-
-    def __call__(self, images, keys):
-        import numpy as np
-
-        probs = np.asarray(self.model.predict_on_batch(images))
-        if probs.ndim == 1 or probs.shape[-1] == 1:
-            p1 = probs.reshape(-1)
-            probs = np.stack([1 - p1, p1], axis=-1)
-        classes = self.info["classes"]
-        return [{"key": k, "class": classes[int(p.argmax())], "probability": float(p.max()),
-                 "probabilities": [round(float(x), 6) for x in p]} for k, p in zip(keys, probs)]
-
-
-def make_predictor(model_dir: str):
-    info = json.loads((Path(model_dir) / "model_info.json").read_text())
-    if info["task"] in ("classification", "binary"):
-        return _ClassificationPredictor(model_dir)
-    from components.tasks import task_module
-
-    return task_module(info["task"]).load_predictor(model_dir)
+    art = Model.load(model_dir)
+    return get_task(art.info.task).predictor(art.load_keras(), art.info, **options), art.info
 
 
 def _decode(serialized: bytes):
@@ -66,19 +46,22 @@ def run(ctx, inputs, params: BulkInferrerParams):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    model_dir, examples = Path(inputs["model"]), Path(inputs["examples"])
-    info = json.loads((model_dir / "model_info.json").read_text())
-    files = sorted((examples / params.split).glob("*.tfrecord"))
-    if not files:
-        raise ComponentError(f"BulkInferrer: no TFRecords for split {params.split!r} in {examples}")
-    out = ctx.outputs["inference"]
+    from components.artifacts import Examples, InferenceResult, Model
+    from components.tasks import get_task
+
+    model_art, examples = Model.load(inputs["model"]), Examples.load(inputs["examples"])
+    if not examples.files(params.split):
+        raise ComponentError(f"BulkInferrer: no TFRecords for split {params.split!r} in {examples.path}")
+    out = InferenceResult(ctx.outputs["inference"])
 
     class Predict(beam.DoFn):
+        """Loads the model once per worker (``setup``) and predicts a batch at a time."""
+
         def __init__(self, model_dir):
             self.model_dir = model_dir
 
         def setup(self):
-            self.predict = make_predictor(self.model_dir)
+            self.predict, _ = make_predictor(self.model_dir)
 
         def process(self, batch):
             import numpy as np
@@ -89,27 +72,26 @@ def run(ctx, inputs, params: BulkInferrerParams):
                 yield json.dumps(row)
 
     with beam.Pipeline(options=PipelineOptions(ctx.beam_args)) as p:
-        (p | beam.io.ReadFromTFRecord(str(examples / params.split / "*.tfrecord"))
+        (p | beam.io.ReadFromTFRecord(str(examples.path / params.split / "*.tfrecord"))
          | "Decode" >> beam.Map(_decode)
          | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=params.batch_size)
-         | "Predict" >> beam.ParDo(Predict(str(model_dir)))
-         | "Write" >> beam.io.WriteToText(str(out / "predictions"), file_name_suffix=".jsonl", shard_name_template=""))
-    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
-    rows.sort(key=lambda r: r["key"])
-    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    extra = {}
-    if info["task"] not in ("classification", "binary"):
-        from components.tasks import task_module
-
-        mod = task_module(info["task"])
-        if hasattr(mod, "finalize"):
-            extra = mod.finalize(rows, out, info) or {}
-    ctx.tracker.log_artifact(out / "predictions.jsonl")
-    ctx.logger.info("predicted %d %s examples -> %s", len(rows), params.split, out / "predictions.jsonl")
+         | "Predict" >> beam.ParDo(Predict(str(model_art.path)))
+         | "Write" >> beam.io.WriteToText(str(out.path / "predictions"), file_name_suffix=".jsonl",
+                                          shard_name_template=""))
+    rows = out.rows()
+    out.write_rows(rows)
+    extra = get_task(model_art.info.task).finalize_inference(rows, out.path, model_art.info) or {}
+    ctx.tracker.log_artifact(out.path / out.FILE)
+    ctx.logger.info("predicted %d %s examples -> %s/%s", len(rows), params.split, "inference", out.FILE)
     return {"predictions": len(rows), **extra}
+
+
+def _code_dependencies(params) -> list[str]:
+    from components.tasks import all_task_modules
+
+    return [*all_task_modules(), "components.artifacts"]
 
 
 SPEC = ComponentSpec(type="BulkInferrer", description="model + examples -> predictions for a whole split (Beam)",
                      params=BulkInferrerParams, run=run, inputs={"model": True, "examples": True},
-                     outputs=("inference",),
-                     code_dependencies=lambda p: list(__import__("components.tasks", fromlist=["x"]).TASK_MODULES.values()))
+                     outputs=("inference",), code_dependencies=_code_dependencies)

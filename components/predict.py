@@ -1,52 +1,52 @@
-"""Prediction on image files with a registered (models:/...) or local model: what
-`python -m pipeline predict` runs. Images are read, converted to RGB and resized to the model's
-input the same way ExampleGen does, so predictions match evaluation."""
+"""Prediction on image files with a registered (models:/...) or local model, for every task:
+what `python -m pipeline predict` runs. The images are read and checked before the model loads
+(a missing or unreadable file is reported at once, not after a 20 s load); each is then
+prepared the way ExampleGen prepared the training data (the task's ``prepare_image``) and
+predicted by the model's task plug-in (``Task.predictor``), which also formats what is printed."""
 from __future__ import annotations
 
+from components.base import DEFAULT_TRACKING_URI
 
 
 class PredictError(Exception):
     pass
 
 
-def load_classifier(model_uri: str, tracking_uri: str):
-    """Returns (keras model, info dict with classes and image_size)."""
-    from components.model_uri import ModelNotFound, load_model_and_info
-
-    try:
-        return load_model_and_info(model_uri, tracking_uri)
-    except ModelNotFound as e:
-        raise PredictError(str(e)) from None
-
-
-def predict_images(model_uri: str, images: list[str], tracking_uri: str = "sqlite:///mlflow.db", top: int = 1) -> list[dict]:
-    import numpy as np
-    from PIL import Image
-
+def read_images(paths: list[str]) -> list[dict]:
+    """One row per path: ``{"image": path, "pixels": uint8 array}`` or ``{"image", "error"}``."""
     from data.records import BadRecord, read_image_file
 
-    model, info = load_classifier(model_uri, tracking_uri)
-    h, w = info["image_size"]
-    classes = info["classes"]
-    rows, batch, idx = [], [], []
-    for path in images:
+    rows = []
+    for path in paths:
         try:
-            img = read_image_file(path)
+            rows.append({"image": path, "pixels": read_image_file(path)})
         except BadRecord as e:
             rows.append({"image": path, "error": e.reason})
-            continue
-        if img.shape[:2] != (h, w):
-            img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
-        rows.append({"image": path})
-        batch.append(img)
-        idx.append(len(rows) - 1)
-    if batch:
-        probs = model.predict(np.stack(batch), verbose=0)
-        for i, pr in zip(idx, probs):
-            pr = np.asarray(pr).reshape(-1)
-            if pr.size == 1:  # binary sigmoid
-                pr = np.array([1 - pr[0], pr[0]])
-            order = np.argsort(-pr)[:top]
-            rows[i]["top"] = [(classes[j], float(pr[j])) for j in order]
-            rows[i]["class"], rows[i]["probability"] = rows[i]["top"][0]
     return rows
+
+
+def predict_images(model_uri: str, images: list[str], tracking_uri: str = DEFAULT_TRACKING_URI, **options):
+    """(task plug-in or None when no image was readable, rows): one row per image, the task's prediction merged in (a classifier's
+    ``class``/``probability``/``top``, a detector's ``detections``, a face model's ``embedding``
+    summary or nearest identity) or an ``error``. ``options`` go to the task's predictor
+    (``top``, ``score_threshold``, ``face_db``, ``out_dir``, ...)."""
+    import numpy as np
+
+    from components.model_uri import ModelNotFound, load_model_and_info
+    from components.tasks import get_task
+
+    rows = read_images(images)
+    good = [r for r in rows if "error" not in r]
+    if not good:  # nothing to predict: don't load the model
+        return None, rows
+    try:
+        model, info = load_model_and_info(model_uri, tracking_uri)
+    except ModelNotFound as e:
+        raise PredictError(str(e)) from None
+    task = get_task(info.task)
+    batch = np.stack([task.prepare_image(r.pop("pixels"), info) for r in good])
+    predict = task.predictor(model, info, **options)
+    for r, p in zip(good, predict(batch, [r["image"] for r in good])):
+        p.pop("key", None)
+        r.update(p)
+    return task, rows

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 
 from components.base import ComponentSpec, Params
 
@@ -31,19 +30,19 @@ def run(ctx, inputs, params: PusherParams):
     import numpy as np
     from mlflow.models import infer_signature
 
-    model_dir = Path(inputs["model"])
-    blessing = json.loads((Path(inputs["blessing"]) / "blessing.json").read_text())
-    info = json.loads((model_dir / "model_info.json").read_text())
-    out = ctx.outputs["pushed_model"]
-    blessed = bool(blessing["blessed"])
-    if not blessed and not params.register_unblessed:
-        (out / "push.json").write_text(json.dumps({"pushed": False, "reason": blessing["reasons"]}, indent=2))
-        ctx.logger.info("not blessed: nothing registered (%s)", "; ".join(blessing["reasons"]))
+    from components.artifacts import Blessing, Model, PushedModel
+
+    model_art, blessing = Model.load(inputs["model"]), Blessing.load(inputs["blessing"])
+    info = model_art.info
+    out = PushedModel(ctx.outputs["pushed_model"], {})
+    if not blessing.blessed and not params.register_unblessed:
+        out.data = {"pushed": False, "reason": blessing.reasons}
+        out.save()
+        ctx.logger.info("not blessed: nothing registered (%s)", "; ".join(blessing.reasons))
         return {"pushed": 0.0}
     mlflow.set_tracking_uri(ctx.tracking_uri)
-    from models.preprocessing import load_model
-    model = load_model(model_dir / "model.keras")
-    h, w = info["image_size"]
+    model = model_art.load_keras()
+    h, w = info.image_size
     example = np.zeros((1, h, w, 3), dtype=np.uint8)
     signature = infer_signature(example, model.predict(example, verbose=0))
     active = mlflow.active_run()
@@ -55,30 +54,35 @@ def run(ctx, inputs, params: PusherParams):
                                             registered_model_name=params.registered_model_name,
                                             pip_requirements=_requirements())
         # The .keras file too, so fine-tuning (Trainer init_weights=models:/...) gets real layers back.
-        mlflow.log_artifact(str(model_dir / "model.keras"), "keras")
-        mlflow.log_artifact(str(model_dir / "model_info.json"), "keras")
+        mlflow.log_artifact(str(model_art.keras_path), "keras")
+        mlflow.log_artifact(str(model_art.path / info.FILE), "keras")
     finally:
         if active is None:
             mlflow.end_run()
     client = mlflow.MlflowClient()
     version = str(logged.registered_model_version)
-    tags = {"pipeline_run": ctx.pipeline_run_id or "", "cache_key": ctx.cache_key or "", "blessed": str(blessed).lower(),
-            "model": info["model"], "classes": json.dumps(info["classes"]), "image_size": json.dumps(info["image_size"]),
-            "task": info["task"]}
-    for extra in ("threshold",):
-        if extra in info:
-            tags[extra] = str(info[extra])
+    baseline_uri = (blessing.baseline or {}).get("uri") or ""
+    tags = {"pipeline_run": ctx.pipeline_run_id or "", "cache_key": ctx.cache_key or "",
+            "blessed": str(blessing.blessed).lower(), "model": info.model, "classes": json.dumps(info.classes),
+            "image_size": json.dumps(info.image_size), "task": info.task,
+            # what the Evaluator's resolver reads: is the champion this candidate, and what was it compared with
+            "model_fingerprint": ctx.input_fingerprints.get("model", ""), "baseline": baseline_uri}
+    # the task's scalar fields (a face model's decision threshold, a detector's NMS IoU): searchable in the UI
+    for k, v in info.task_fields.items():
+        if isinstance(v, (str, int, float, bool)) and k not in tags:
+            tags[k] = str(v)
     for k, v in tags.items():
         client.set_model_version_tag(params.registered_model_name, version, k, v)
-    if blessed:
+    if blessing.blessed:
         client.set_registered_model_alias(params.registered_model_name, params.alias, version)
     uri = f"models:/{params.registered_model_name}/{version}"
-    (out / "push.json").write_text(json.dumps({"pushed": True, "registered_model_name": params.registered_model_name,
-                                               "version": version, "uri": uri, "alias": params.alias if blessed else None,
-                                               "run_id": ctx_run.info.run_id}, indent=2))
+    out.data = {"pushed": True, "registered_model_name": params.registered_model_name, "version": version, "uri": uri,
+                "alias": params.alias if blessing.blessed else None, "run_id": ctx_run.info.run_id,
+                "baseline": baseline_uri or None}
+    out.save()
     ctx.logger.info("registered %s version %s%s", params.registered_model_name, version,
-                    f" and moved @{params.alias} to it" if blessed else " (not blessed: alias unchanged)")
-    return {"pushed": 1.0, "registered_version": float(version), "alias_moved": float(blessed)}
+                    f" and moved @{params.alias} to it" if blessing.blessed else " (not blessed: alias unchanged)")
+    return {"pushed": 1.0, "registered_version": float(version), "alias_moved": float(blessing.blessed)}
 
 
 SPEC = ComponentSpec(type="Pusher", description="model + blessing -> registered MLflow model version (+ alias if blessed)",

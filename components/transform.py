@@ -4,8 +4,6 @@ only in training). Saved as `transform.json` (read by the Trainer) and as `prepr
 (the same layers, loadable on their own for inspection)."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from components.base import ComponentSpec, Params
@@ -19,21 +17,24 @@ class TransformParams(Params):
 
 
 def run(ctx, inputs, params: TransformParams):
-    stats = json.loads((Path(inputs["statistics"]) / "statistics.json").read_text())
-    schema = json.loads((Path(inputs["examples"]) / "schema.json").read_text())
-    config = {"image_size": schema["image_size"], "normalize": params.normalize,
+    from components.artifacts import Examples, Statistics, TransformGraph
+
+    stats, examples = Statistics.load(inputs["statistics"]).data, Examples.load(inputs["examples"])
+    config = {"image_size": list(examples.image_size), "normalize": params.normalize,
               "mean": stats["train_mean"], "std": stats["train_std"], "augmentation": params.augmentation,
-              "classes": schema["classes"], "task": schema["task"]}
+              "classes": examples.classes, "task": examples.task,
+              # ExampleGen's face detection/crop before resizing: serving must repeat it
+              "face_crop": examples.face_crop}
     if params.augmentation:
         from models.augmentation import build_augmentation
 
-        build_augmentation(params.augmentation, (*schema["image_size"], 3))  # fail now on a bad key
-    out = ctx.outputs["transform"]
-    (out / "transform.json").write_text(json.dumps(config, indent=2))
+        build_augmentation(params.augmentation, (*examples.image_size, 3))  # fail now on a bad key
+    graph = TransformGraph(ctx.outputs["transform"], config)
+    graph.save()
     from models.preprocessing import build_preprocessor
 
-    build_preprocessor(config).save(out / "preprocessor.keras")
-    ctx.tracker.log_artifact(out / "transform.json")
+    build_preprocessor(config).save(graph.path / "preprocessor.keras")
+    ctx.tracker.log_artifact(graph.path / TransformGraph.FILE)
     ctx.logger.info("preprocessing: rescale 1/255%s%s", ", normalise mean/std" if params.normalize else "",
                     f", augmentation {params.augmentation}" if params.augmentation else "")
     return {}

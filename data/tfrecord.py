@@ -87,14 +87,93 @@ def classification_dataset(files: list[str], image_size: tuple[int, int]):
     """A `tf.data.Dataset` of (uint8 image (H, W, 3), int64 label), parsed and decoded."""
     import tensorflow as tf
 
+    parse = parser(image_size, label=True)
+    return tf.data.TFRecordDataset(files).map(lambda x: (lambda r: (r["image"], r["label"]))(parse(x)),
+                                              num_parallel_calls=2, deterministic=True)
+
+
+# ----------------------------------------------------------------------------- reading back
+# One feature spec and one parser for every reader (Trainer, Evaluator, BulkInferrer, Anchors,
+# StatisticsGen): the groups a task needs are asked for by name.
+BOX_SIDES = ("xmin", "ymin", "xmax", "ymax")
+
+
+def feature_spec(*, label: bool = False, identity: bool = False, boxes: bool = False) -> dict:
+    import tensorflow as tf
+
     spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
-            "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+            "image/key": tf.io.FixedLenFeature([], tf.string, default_value="")}
+    if label:
+        spec["image/class/label"] = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
+    if identity:
+        spec["image/identity"] = tf.io.FixedLenFeature([], tf.string, default_value="")
+    if boxes:
+        spec["image/object/class/label"] = tf.io.VarLenFeature(tf.int64)
+        spec.update({f"image/object/bbox/{s}": tf.io.VarLenFeature(tf.float32) for s in BOX_SIDES})
+    return spec
+
+
+def parser(image_size, *, label: bool = False, identity: bool = False, boxes: bool = False):
+    """A function serialized record -> dict with ``image`` (uint8 (H, W, 3)), ``key`` and, as
+    asked, ``label``, ``identity``, ``boxes`` ((n, 4) normalised xyxy) and ``box_labels``."""
+    import tensorflow as tf
+
+    spec = feature_spec(label=label, identity=identity, boxes=boxes)
     h, w = image_size
 
     def parse(x):
         f = tf.io.parse_single_example(x, spec)
-        img = tf.io.decode_png(f["image/encoded"], channels=3)
-        img = tf.ensure_shape(img, [h, w, 3])
-        return img, f["image/class/label"]
+        out = {"image": tf.ensure_shape(tf.io.decode_png(f["image/encoded"], channels=3), [h, w, 3]),
+               "key": f["image/key"]}
+        if label:
+            out["label"] = f["image/class/label"]
+        if identity:
+            out["identity"] = f["image/identity"]
+        if boxes:
+            out["boxes"] = tf.stack([tf.sparse.to_dense(f[f"image/object/bbox/{s}"]) for s in BOX_SIDES], 1)
+            out["box_labels"] = tf.sparse.to_dense(f["image/object/class/label"])
+        return out
+    return parse
 
-    return tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=2, deterministic=True)
+
+def fixed_options(ds):
+    """Deterministic, autotune off: on these CPUs tf.data's autotune thread stalls ``fit`` for
+    10-20 s at every epoch boundary."""
+    import tensorflow as tf
+
+    opts = tf.data.Options()
+    opts.autotune.enabled = False
+    opts.deterministic = True
+    return ds.with_options(opts)
+
+
+def read_split(files: list[str], image_size, *, label: bool = False, identity: bool = False,
+               boxes: bool = False) -> dict:
+    """A whole split in memory, in file order: ``images`` uint8 (N, H, W, 3), ``keys`` (list of
+    str), and as asked ``labels`` int64 (N,), ``identities`` (list of str), ``boxes`` / ``box_labels``
+    (lists of per-image arrays)."""
+    import tensorflow as tf
+
+    ds = tf.data.TFRecordDataset(files).map(parser(image_size, label=label, identity=identity, boxes=boxes))
+    out: dict = {"images": [], "keys": []}
+    if label:
+        out["labels"] = []
+    if identity:
+        out["identities"] = []
+    if boxes:
+        out["boxes"], out["box_labels"] = [], []
+    for r in ds:
+        out["images"].append(r["image"].numpy())
+        out["keys"].append(r["key"].numpy().decode())
+        if label:
+            out["labels"].append(int(r["label"].numpy()))
+        if identity:
+            out["identities"].append(r["identity"].numpy().decode())
+        if boxes:
+            out["boxes"].append(r["boxes"].numpy().reshape(-1, 4))
+            out["box_labels"].append(r["box_labels"].numpy().reshape(-1))
+    h, w = image_size
+    out["images"] = np.stack(out["images"]) if out["images"] else np.zeros((0, h, w, 3), np.uint8)
+    if label:
+        out["labels"] = np.asarray(out["labels"], np.int64)
+    return out

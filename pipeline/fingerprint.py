@@ -143,9 +143,12 @@ def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
 
 
-def cache_key(type_name: str, params: dict, inputs: dict[str, str], code: str, external: str | None) -> str:
-    return _sha(canonical({"type": type_name, "params": params, "inputs": inputs,
-                           "code": code, "external": external}).encode())
+def cache_key(type_name: str, params: dict, inputs: dict[str, str], code: str, external: str | None,
+              resolved: dict | None = None) -> str:
+    parts = {"type": type_name, "params": params, "inputs": inputs, "code": code, "external": external}
+    if resolved is not None:  # state resolved outside the DAG (the Evaluator's baseline version)
+        parts["resolved"] = resolved
+    return _sha(canonical(parts).encode())
 
 
 def env_fingerprint() -> str:

@@ -1,38 +1,46 @@
-"""Task plug-ins for the Trainer, Evaluator and BulkInferrer.
-
-Classification lives in the components themselves (it is the reference branch). Other tasks
-(detection, embedding) are one module each here, with this interface:
-
-    TrainParams(Params)                      task-specific Trainer params (`task_params:` in YAML)
-    EvalParams(Params)                       task-specific Evaluator params
-    train(ctx, inputs, params, task_params) -> dict        writes ctx.outputs["model"]
-    evaluate(ctx, inputs, params, task_params) -> dict     writes evaluation + blessing
-    infer(ctx, inputs, params) -> dict                     (optional) BulkInferrer
-
-so a new task is one new file plus one line in TASK_MODULES, and the cache key of a Trainer
-covers exactly the task module it dispatches to.
-"""
+"""Task plug-ins: what the Trainer, Evaluator, BulkInferrer and ``predict`` do differently per
+task. The contract is ``components/tasks/base.py`` (``Task``); a new task is one module here and
+one line in ``TASKS``. Entries are "module:Class" strings imported on first use."""
 from __future__ import annotations
 
 import importlib
 
-TASK_MODULES: dict[str, str] = {
-    "embedding": "components.tasks.embedding",
-    "detection": "components.tasks.detection",
+TASKS: dict[str, str] = {
+    "classification": "components.tasks.classification:ClassificationTask",
+    "binary": "components.tasks.classification:BinaryTask",
+    "detection": "components.tasks.detection:DetectionTask",
+    "embedding": "components.tasks.embedding:EmbeddingTask",
 }
 
 
-def task_module(task: str):
-    if task not in TASK_MODULES:
-        raise KeyError(f"no task module for {task!r}")
-    return importlib.import_module(TASK_MODULES[task])
+def get_task(name: str):
+    """The task plug-in instance for a registry task name."""
+    if name not in TASKS:
+        raise KeyError(f"no task plug-in for {name!r}; known: {', '.join(TASKS)}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def extra_train_inputs() -> dict[str, bool]:
+    """Every task's optional extra Trainer inputs (``Task.train_inputs``), read from the classes
+    without instantiating them (the Trainer's spec declares them when the config is validated)."""
+    out: dict[str, bool] = {}
+    for entry in TASKS.values():
+        module, cls = entry.split(":")
+        out.update(getattr(getattr(importlib.import_module(module), cls, None), "train_inputs", {}))
+    return out
+
+
+def task_module(name: str) -> str:
+    """The module implementing a task (for the cache key's code fingerprint)."""
+    return TASKS[name].split(":")[0]
+
+
+def all_task_modules() -> list[str]:
+    return sorted({v.split(":")[0] for v in TASKS.values()} | {"components.tasks.base"})
 
 
 def validate_task_params(task: str, kind: str, raw: dict):
-    """Validate `task_params` with the task module's TrainParams/EvalParams (kind = Train|Eval)."""
-    if task not in TASK_MODULES:
-        if raw:
-            raise ValueError(f"task_params given but {task!r} models take none")
-        return None
-    cls = getattr(task_module(task), f"{kind}Params")
+    """Validate ``task_params`` with the task's TrainParams / EvalParams (kind = Train | Eval)."""
+    cls = getattr(get_task(task), f"{kind}Params")
     return cls.model_validate(raw or {})

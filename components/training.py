@@ -1,0 +1,284 @@
+"""What every Trainer run shares, whatever the task: optimizer, learning-rate schedule, the
+kill-safe checkpoint, the best-epoch keeper, the epoch log (tracker, console, a history that
+survives interruptions), early stopping, transfer-learning weights, freezing, and the
+training-curves plot. The Trainer skeleton (components/trainer.py) wires them; task plug-ins
+never build their own.
+
+Imported only inside a run (it imports Keras at module level)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from components.base import ComponentError
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def make_optimizer(params, lr: float):
+    if params.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if params.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=params.weight_decay or 1e-4)
+    if params.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(lr)
+    return keras.optimizers.SGD(lr, momentum=0.9)
+
+
+def lr_callback(params, base_lr: float, epochs: int, monitor: str):
+    """The Trainer's ``lr_schedule`` as a Keras callback (None for a constant rate)."""
+    s = params.lr_schedule
+    if s.kind == "plateau":
+        return keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=s.factor, patience=s.patience,
+                                                 min_lr=s.min_lr)
+    if s.kind == "constant" and not s.warmup_epochs:
+        return None
+
+    def schedule(epoch, lr):
+        if epoch < s.warmup_epochs:
+            return base_lr * (epoch + 1) / (s.warmup_epochs + 1)
+        if s.kind == "cosine":
+            t = (epoch - s.warmup_epochs) / max(1, epochs - s.warmup_epochs)
+            return s.min_lr + 0.5 * (base_lr - s.min_lr) * (1 + math.cos(math.pi * t))
+        if s.kind == "step":
+            return base_lr * s.factor ** ((epoch - s.warmup_epochs) // s.step_epochs)
+        return base_lr
+
+    return keras.callbacks.LearningRateScheduler(schedule)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose checkpoint is written under a temporary name and renamed into
+    place: Keras writes the .weights.h5 in place, and a SIGKILL in the middle leaves a truncated
+    file that makes the rerun fail."""
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        tmp_weights = self._weights_path.replace(".weights.h5", ".tmp.weights.h5")
+        self.model.save_weights(filepath=tmp_weights, overwrite=True)
+        tmp_meta = self._training_metadata_path + ".tmp"
+        with open(tmp_meta, "w") as f:
+            f.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+        # weights first, then the epoch counter: a kill between the two resumes one epoch
+        # early with newer weights, never with a half file
+        os.replace(tmp_weights, self._weights_path)
+        os.replace(tmp_meta, self._training_metadata_path)
+
+
+def kill_safe_backup(backup_dir: str) -> AtomicBackupAndRestore:
+    return AtomicBackupAndRestore(backup_dir)
+
+
+def is_lower_better(metric: str, lower_is_better=frozenset()) -> bool:
+    return "loss" in metric or metric in lower_is_better
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Remembers the best epoch's weights and puts them back at the end. With ``state_dir`` the
+    best epoch survives an interruption: its weights and value are saved there (atomically) and
+    read back when a resumed fit starts, so a resumed run exports the best epoch of all of them."""
+
+    def __init__(self, monitor: str, lower_is_better=frozenset(), state_dir: Path | None = None):
+        super().__init__()
+        self.monitor = monitor
+        self.mode = 1.0 if is_lower_better(monitor, lower_is_better) else -1.0
+        self.best, self.best_weights, self.best_epoch = np.inf, None, -1
+        self.state_dir = Path(state_dir) if state_dir else None
+        if self.state_dir and (self.state_dir / "best.json").exists():
+            s = json.loads((self.state_dir / "best.json").read_text())
+            if s.get("monitor") == monitor:
+                self.best, self.best_epoch = float(s["best"]), int(s["epoch"])
+
+    @property
+    def best_value(self) -> float | None:
+        return float(self.mode * self.best) if self.best_epoch >= 0 else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        v = (logs or {}).get(self.monitor)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return
+        # ties go to the later epoch: a small held-out set saturates (a held-out AUC of 1.0 from
+        # the first epoch) and the first epoch is the least trained
+        if self.mode * v <= self.best:
+            self.best, self.best_epoch = self.mode * v, epoch
+            self.best_weights = self.model.get_weights()
+            if self.state_dir:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.state_dir / "best.tmp.weights.h5"
+                self.model.save_weights(tmp, overwrite=True)
+                os.replace(tmp, self.state_dir / "best.weights.h5")
+                _atomic_write(self.state_dir / "best.json", json.dumps(
+                    {"monitor": self.monitor, "best": self.best, "epoch": epoch}))
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+        elif self.best_epoch >= 0 and self.state_dir and (self.state_dir / "best.weights.h5").exists():
+            self.model.load_weights(self.state_dir / "best.weights.h5")  # best epoch before a resume
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Per-epoch metrics to the tracker (MLflow child run) and the component log, and a history
+    kept in ``state_file`` (rewritten atomically each epoch), so the history, ``epochs_run`` and
+    the tracked metrics cover every epoch across any number of interruptions. Says so when a
+    fit resumes from a checkpoint."""
+
+    def __init__(self, ctx, phase: str, state_file: Path):
+        super().__init__()
+        self.ctx, self.phase, self.state_file = ctx, phase, Path(state_file)
+        self.history: dict[str, list] = (json.loads(self.state_file.read_text())
+                                         if self.state_file.exists() else {})
+
+    def on_train_begin(self, logs=None):
+        start = int(getattr(self.model, "_initial_epoch", 0) or 0)
+        if start:
+            self.ctx.logger.info("resuming %s (%s) from epoch %d: the checkpoint of the interrupted run",
+                                 self.ctx.component_id, self.phase, start + 1)
+        # a resumed fit replays nothing before `start`; a restart from scratch drops the old tail
+        self.history = {k: v[:start] for k, v in self.history.items()}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["epoch_seconds"] = time.time() - self.t0
+        lr = self.model.optimizer.learning_rate
+        logs["learning_rate"] = float(lr.numpy() if hasattr(lr, "numpy") else lr)
+        for k, v in logs.items():
+            seq = self.history.setdefault(k, [])
+            del seq[epoch:]
+            seq.extend([float("nan")] * (epoch - len(seq)) + [float(v)])
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.state_file, json.dumps(self.history))
+        self.ctx.tracker.log_metrics(logs, step=epoch)
+        self.ctx.logger.info("%s epoch %d: %s", self.phase, epoch + 1,
+                             ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+
+
+def resolve_monitor(requested: str, reported: set[str], has_eval: bool, default: str, what: str, logger) -> str:
+    """The metric a callback watches: ``requested`` when the fit reports it; without held-out
+    data its training counterpart (``val_loss`` -> ``loss``); otherwise the task's default (or
+    the training loss), said in the log unless ``requested`` is the Trainer's own default."""
+    if requested in reported:
+        return requested
+    if not has_eval and requested.removeprefix("val_") in reported:
+        return requested.removeprefix("val_")
+    chosen = default if default in reported else "loss"
+    if requested != "val_loss":
+        logger.warning("%s %r is not reported for this model (reported: %s): using %r", what, requested,
+                       ", ".join(sorted(reported)), chosen)
+    return chosen
+
+
+def early_stopping(es, monitor: str, lower_is_better=frozenset()):
+    return keras.callbacks.EarlyStopping(monitor=monitor, patience=es.patience, min_delta=es.min_delta,
+                                         mode="min" if is_lower_better(monitor, lower_is_better) else "max")
+
+
+# ----------------------------------------------------------------------------- transfer learning
+def all_layers(model) -> list:
+    out = []
+    for layer in model.layers:
+        out.append(layer)
+        if hasattr(layer, "layers"):
+            out.extend(all_layers(layer))
+    return out
+
+
+def load_init_weights(model, source: str, logger) -> None:
+    """Load weights into `model` from a file or a registered model, matching layers by name and
+    shape (a model trained with another number of classes keeps its own head)."""
+    if source == "imagenet":
+        raise ComponentError("init_weights: imagenet applies to keras.applications backbones only; "
+                             "for the project's own models give a .keras file or a models:/ URI")
+    if source.startswith("models:/"):
+        try:
+            from components.model_uri import fetch_keras
+
+            source = str(fetch_keras(source)[0] / "model.keras")
+        except Exception as e:
+            raise ComponentError(f"init_weights: cannot load {source}: {type(e).__name__}: {e}") from None
+    p = Path(source)
+    if not p.exists():
+        raise ComponentError(f"init_weights: file not found: {source}")
+    if p.suffix == ".keras":
+        from models.preprocessing import load_model
+        donor = load_model(p)
+    elif p.name.endswith(".weights.h5"):
+        model.load_weights(p)
+        logger.info("loaded weights from %s", p)
+        return
+    else:
+        raise ComponentError(f"init_weights: {source}: expected a .keras or .weights.h5 file or a models:/ URI")
+    donor_layers = {layer.name: layer for layer in all_layers(donor)}
+    copied = skipped = 0
+    for layer in all_layers(model):
+        d = donor_layers.get(layer.name)
+        if d is None or not layer.weights:
+            continue
+        dw = d.get_weights()
+        if [w.shape for w in dw] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(dw)
+            copied += 1
+        else:
+            skipped += 1
+    if copied == 0:
+        raise ComponentError(f"init_weights: no layer of {source} matches the model by name and shape")
+    logger.info("transfer learning: copied %d layers from %s (%d kept fresh: shape differs)", copied, source, skipped)
+
+
+def set_frozen(core, freeze, frozen: bool) -> int:
+    """Freeze (or unfreeze) the layers named by ``freeze``: "backbone" (all but the last layer)
+    or layer-name prefixes. Returns how many layers matched."""
+    n = 0
+    prefixes = None if freeze == "backbone" else ([freeze] if isinstance(freeze, str) else list(freeze))
+    layers = all_layers(core)
+    for i, layer in enumerate(layers):
+        match = (i < len(layers) - 1) if prefixes is None else any(layer.name.startswith(p) for p in prefixes)
+        if match:
+            layer.trainable = not frozen
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- plot
+def plot_history(history: dict, path: Path, title: str = "") -> Path:
+    """One panel per metric (training and held-out together): loss, accuracy, mAP, AUC, ..."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skip = {"epoch_seconds", "learning_rate"}
+    names = []
+    for k in history:
+        base = k.removeprefix("val_")
+        if k not in skip and base not in names and history.get(k):
+            names.append(base)
+    names = names or ["loss"]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for k, label in ((name, "train"), (f"val_{name}", "held-out")):
+            v = history.get(k)
+            if v:
+                ax.plot(range(1, len(v) + 1), v, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
