@@ -11,14 +11,14 @@ What runs
    when that folder is absent or ``--source synthetic``, from the synthetic SIGNS generator.
    Every record goes to the ``train`` split.
 2. The same images are read back once into numpy arrays (uint8 (N, 64, 64, 3), int64 labels).
-3. Three feeds train the same model (``components.trainer.build_full_model``: the Transform's
+3. Three feeds train the same model (``components.trainer.build_served_model``: the Transform's
    preprocessing layers in front of ``signs_cnn``, built with the same seed, Adam, sparse CE):
 
-   * ``tfrecord``     ``components.trainer.make_dataset`` exactly as the Trainer calls it
+   * ``tfrecord``     ``components.tasks.classification.make_dataset``, as the Trainer calls it
                       (parse, decode, cache, shuffle 10,000, batch, prefetch 2, autotune off);
    * ``numpy_fit``    ``model.fit(x, y, batch_size=B, shuffle=True)``: numpy arrays straight to fit;
    * ``numpy_slices`` ``tf.data.Dataset.from_tensor_slices((x, y))`` shuffled, batched,
-                      prefetch 2, autotune off (what DESIGN.md recommends for in-memory data).
+                      prefetch 2, autotune off (the recommended feed for in-memory data on this CPU).
 
    Each fit runs 1 warm-up epoch + ``--epochs`` timed epochs; a "boundary-to-boundary" epoch
    time is the interval between consecutive ``on_epoch_end`` callbacks, so any stall at the
@@ -102,11 +102,20 @@ def _fit_once(feed: str, x, y, files, image_size, cfg, num_classes, batch_size, 
     import keras
     import tensorflow as tf
 
-    from components.trainer import TrainerParams, build_full_model, make_dataset
+    from data.tfrecord import fixed_options
+    from components.artifacts import Examples, TransformGraph
+    from components.tasks import get_task
+    from components.tasks.base import TrainContext
+    from components.tasks.classification import make_dataset
+    from components.trainer import TrainerParams, build_served_model
 
     keras.utils.set_random_seed(seed)
     params = TrainerParams(model=model_name, batch_size=batch_size, seed=seed)
-    model, _ = build_full_model(params, cfg, num_classes)
+    schema = {"task": "classification", "classes": [str(i) for i in range(num_classes)],
+              "image_size": list(image_size), "splits": {}}
+    tc = TrainContext(ctx=None, params=params, tp=None, examples=Examples(Path("."), schema),
+                      transform=TransformGraph(Path("."), cfg), inputs={})
+    model, _ = build_served_model(params, get_task(params.task), tc)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     begins, ends = [], []
@@ -126,11 +135,7 @@ def _fit_once(feed: str, x, y, files, image_size, cfg, num_classes, batch_size, 
         args, kw = (x, y), {"batch_size": batch_size, "shuffle": True}
     elif feed == "numpy_slices":
         ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size).prefetch(2)
-        opts = tf.data.Options()
-        opts.autotune.enabled = False
-        opts.deterministic = True
-        args, kw = (ds.with_options(opts),), {}
+        args, kw = (fixed_options(ds.batch(batch_size).prefetch(2)),), {}
     else:
         raise ValueError(feed)
     t0 = time.perf_counter()

@@ -127,11 +127,12 @@ def assign_split(params: ExampleGenParams, own_split: str | None, key: str, sha:
     return _ratio_pick(params.split_ratios, token, params.split_salt)
 
 
-class _LoadDoFn:
-    """Beam DoFn body (wrapped below so this module needs no Beam import at load time)."""
+class _RecordLoader:
+    """What the ExampleGen's loading DoFn does with one record reference (a plain class, wrapped
+    in a ``beam.DoFn`` inside ``run``, so this module needs no Beam import at load time)."""
 
-    def __init__(self, loader, params_json: str, classes: list[str]):
-        self.loader, self.params_json, self.classes = loader, params_json, classes
+    def __init__(self, loader, params_json: str):
+        self.loader, self.params_json = loader, params_json
 
     def process(self, ref):
         import numpy as np
@@ -247,7 +248,7 @@ def run(ctx, inputs, params: ExampleGenParams):
             for tag, value in self.fn(kv):
                 yield beam.pvalue.TaggedOutput(tag, value) if tag != "keep" else value
 
-    body = _LoadDoFn(info.loader, params.model_dump_json(), info.classes)
+    body = _RecordLoader(info.loader, params.model_dump_json())
     opts = PipelineOptions(ctx.beam_args)
     with beam.Pipeline(options=opts) as p:
         loaded = (p | "Refs" >> beam.Create(info.refs, reshuffle=False)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from typing import Any
 
 import keras
 
@@ -68,9 +67,6 @@ class ExplainReport:
     trainable: int
     non_trainable: int
     total: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -97,20 +97,6 @@ class ArtifactStore:
             return None
         return m if m.get("status") == "complete" else None
 
-    def latest(self, component_id: str) -> dict | None:
-        """The most recently completed execution of a component (any key)."""
-        base = self.root / component_id
-        if not base.is_dir():
-            return None
-        best = None
-        for d in base.iterdir():
-            if d.name.startswith("."):
-                continue
-            m = self.lookup(component_id, d.name)
-            if m and (best is None or m.get("finished", 0) > best.get("finished", 0)):
-                best = m
-        return best
-
     def begin(self, component_id: str, key: str, outputs: tuple[str, ...]) -> Path:
         tmp = self.root / component_id / f".tmp-{key[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir(parents=True)

@@ -86,7 +86,7 @@ def pk_dataset(images, labels, P: int, K: int, seed: int = 0, small: str = "repl
     ``images`` is an in-memory array (N, H, W, C); ``augment`` an optional batch function
     (e.g. a Sequential of Keras random layers) applied in the pipeline. Use with
     ``model.fit(ds, steps_per_epoch=...)``. Autotune is disabled: on these CPUs its thread
-    stalls ``fit`` for 10-20 s at epoch boundaries (DESIGN.md).
+    stalls ``fit`` for 10-20 s at epoch boundaries.
     """
     import tensorflow as tf
 
@@ -105,7 +105,6 @@ def pk_dataset(images, labels, P: int, K: int, seed: int = 0, small: str = "repl
             x = augment(x)
         return x, tf.gather(labels_t, idx)
 
-    ds = ds.map(gather).prefetch(2)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.with_options(options)
+    from data.tfrecord import fixed_options
+
+    return fixed_options(ds.map(gather).prefetch(2))

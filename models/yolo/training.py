@@ -1,14 +1,15 @@
 """Helpers that connect records to the model: a ``tf.data`` pipeline of (image, target) pairs
 and batched prediction into the evaluator's detection format.
 
-Images are fed as float32 in [0, 1]. The dataset disables tf.data autotuning (DESIGN.md: the
-autotune thread stalls ``fit`` for 10-20 s at epoch boundaries on these CPUs).
+Images are fed as float32 in [0, 1]. The dataset disables tf.data autotuning (the autotune
+thread stalls ``fit`` for 10-20 s at epoch boundaries on these CPUs).
 """
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
+from data.tfrecord import fixed_options
 from models.yolo.augment import augment as _augment
 from models.yolo.postprocess import decode_predictions, predictions_to_lists
 from models.yolo.targets import encode_targets
@@ -55,10 +56,7 @@ def yolo_dataset(images, boxes_list, labels_list, anchors, grid_size, num_classe
     if uint8_images:
         ds = ds.map(lambda im, b, lab: (tf.cast(tf.round(tf.clip_by_value(im, 0.0, 1.0) * 255.0), tf.uint8), b, lab))
     ds = ds.map(lambda im, b, lab: (im, encode_targets(b, lab, anchors, grid_size, num_classes)))
-    ds = ds.batch(batch_size).prefetch(2)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.with_options(options)
+    return fixed_options(ds.batch(batch_size).prefetch(2))
 
 
 def predict_detections(model, images, anchors, num_classes, image_ids=None, batch_size=16,
