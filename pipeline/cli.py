@@ -4,52 +4,20 @@ executions, open the MLflow UI, and the course's commands (predict, explain, ...
 Imports here are kept light (click, rich, pydantic): `--help` must not import TensorFlow."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=False)
-
-
-def _fail(msg: str, code: int = 1):
-    click.secho(msg, fg="red", err=True)
-    sys.exit(code)
-
-
-def _quiet_libraries():
-    import logging
-    import warnings
-
-    for name in ("apache_beam", "absl", "tensorflow", "mlflow", "alembic", "h5py", "urllib3"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    logging.getLogger().setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-def _kv(items, what) -> dict:
-    import yaml
-
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            _fail(f"{what} {item!r}: expected key=value")
-        k, v = item.split("=", 1)
-        node = out
-        parts = k.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(v) if v != "" else ""
-    return out
+from pipeline.cli_common import console as _console
+from pipeline.cli_common import fail as _fail
+from pipeline.cli_common import parse_kv as _kv
+from pipeline.cli_common import quiet_libraries as _quiet_libraries
+from pipeline.cli_common import tracking_uri_option
+# The command groups import their helpers from pipeline.cli_common, never from here: no cycle.
+from pipeline.cli_detect import detect
+from pipeline.cli_faces import faces
+from pipeline.cli_stylize import stylize
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -148,9 +116,14 @@ def list_cmd(pipeline_file, root, limit, run_id):
             root = load_pipeline(pipeline_file).root
         except ConfigError as e:
             _fail(str(e), 2)
-    if not (Path(root) / "executions.db").exists():
-        _fail(f"no executions recorded under {root}", 1)
-    rows = ArtifactStore(Path(root)).executions(limit=limit, pipeline_run=run_id)
+    # a fresh clone (nothing has run yet) is not an error
+    rows = (ArtifactStore(Path(root)).executions(limit=limit, pipeline_run=run_id)
+            if (Path(root) / "executions.db").exists() else [])
+    if not rows and run_id:
+        _fail(f"no executions of pipeline run {run_id} under {root}", 1)
+    if not rows:
+        click.echo(f"no executions recorded under {root} yet: run `python -m pipeline run` first")
+        return
     t = Table(title=f"executions in {root}")
     for col in ("pipeline run", "component", "type", "status", "cache hit", "duration", "MLflow run", "error"):
         t.add_column(col, overflow="fold")
@@ -167,7 +140,7 @@ def list_cmd(pipeline_file, root, limit, run_id):
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A param (dotted keys nest; repeatable).")
 @click.option("--params-file", type=click.Path(exists=True, dir_okay=False), help="YAML mapping of params.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (new or empty).")
-@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True)
+@tracking_uri_option
 def component(component_type, inputs, params, params_file, out, tracking_uri):
     """Run one component on its own, outside any pipeline.yaml.
 
@@ -222,7 +195,9 @@ def ui(pipeline_file, host, port, backend_store_uri):
         try:
             uri = load_pipeline(pipeline_file).tracking_uri
         except ConfigError:
-            uri = "sqlite:///mlflow.db"
+            from components.base import DEFAULT_TRACKING_URI
+
+            uri = DEFAULT_TRACKING_URI
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", "1"]
     click.echo(f"MLflow UI: http://{host}:{port}  (tracking DB {uri}; Ctrl-C to stop)")
@@ -251,7 +226,7 @@ def _experiments(uri: str) -> list[tuple[str, str]]:
 @main.command()
 @click.option("--model", "model_uri", required=True,
               help="models:/NAME@ALIAS, models:/NAME/VERSION, a model.keras file or a Trainer model folder.")
-@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True)
+@tracking_uri_option
 @click.option("--top", default=1, show_default=True, help="Show the top-k classes.")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 def predict(model_uri, tracking_uri, top, images):
@@ -307,11 +282,8 @@ def explain(target, pipeline_file, input_shape, classes):
     click.echo(render(explain_model(model)))
 
 
-# Branch-specific command groups live in their own modules (each imports TensorFlow lazily).
-from pipeline.cli_detect import detect  # noqa: E402
-from pipeline.cli_faces import faces  # noqa: E402
-from pipeline.cli_stylize import stylize  # noqa: E402
-
+# Branch-specific command groups live in their own modules (each imports TensorFlow lazily and
+# takes its helpers from pipeline.cli_common, never from this module).
 main.add_command(stylize)
 main.add_command(faces)
 main.add_command(detect)

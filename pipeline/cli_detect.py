@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli_common import fail, quiet_libraries, tracking_uri_option
+
 
 @click.command("detect")
 @click.option("--model", "model_uri", required=True,
@@ -28,7 +30,7 @@ import click
 @click.option("--resize", type=click.Choice(["plain", "letterbox"]), default="plain", show_default=True,
               help="plain: stretch to the model input (the course's preprocess_image, and ExampleGen's); "
                    "letterbox: keep the aspect ratio and pad with grey. Boxes are mapped back to the image either way.")
-@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True)
+@tracking_uri_option
 def detect(model_uri, images, out_dir, score_threshold, iou_threshold, max_boxes, classes_file, anchors_file,
            input_size, resize, tracking_uri):
     """Detect objects in IMAGE files: print the boxes, draw them with class names and scores into
@@ -43,19 +45,10 @@ def detect(model_uri, images, out_dir, score_threshold, iou_threshold, max_boxes
     """
     missing = [p for p in images if not Path(p).is_file()]
     if missing:
-        click.secho(f"image not found: {', '.join(missing)}", fg="red", err=True)
-        sys.exit(2)
+        fail(f"image not found: {', '.join(missing)}", 2)
     if input_size % 32:
-        click.secho(f"--input-size {input_size}: must be a multiple of 32", fg="red", err=True)
-        sys.exit(2)
-    import logging
-    import os
-    import warnings
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for name in ("absl", "tensorflow", "mlflow", "alembic", "h5py"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+        fail(f"--input-size {input_size}: must be a multiple of 32", 2)
+    quiet_libraries()
     from components.base import ComponentError
     from components.detect import detect_images
 
@@ -65,8 +58,7 @@ def detect(model_uri, images, out_dir, score_threshold, iou_threshold, max_boxes
                              anchors_file=anchors_file, input_size=input_size, resize=resize,
                              tracking_uri=tracking_uri, echo=click.echo)
     except ComponentError as e:
-        click.secho(str(e), fg="red", err=True)
-        sys.exit(1)
+        fail(str(e), 1)
     click.echo(f"wrote {Path(out_dir) / 'detections.json'}")
     if any("error" in r for r in rows):
         sys.exit(1)

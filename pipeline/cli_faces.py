@@ -24,14 +24,11 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli_common import fail, quiet_libraries, tracking_uri_option
+
 
 class FaceCommandError(Exception):
     pass
-
-
-def _fail(msg: str, code: int = 2):
-    click.secho(msg, fg="red", err=True)
-    sys.exit(code)
 
 
 def _file_digest(path: Path) -> str:
@@ -151,19 +148,16 @@ def _run(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from pipeline.cli import _quiet_libraries
-
-        _quiet_libraries()
+        quiet_libraries()
         try:
             return fn(*args, **kwargs)
         except (FaceCommandError, ValueError, KeyError) as e:
-            _fail(str(e).strip("'\""))
+            fail(str(e).strip("'\""), 2)
     return wrapper
 
 
 _db_opt = click.option("--db", required=True, type=click.Path(dir_okay=False), help="sqlite face database file.")
-_tracking_opt = click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True,
-                             help="MLflow tracking URI for models:/ URIs.")
+_tracking_opt = tracking_uri_option(help="MLflow tracking URI for models:/ URIs.")
 _threshold_opt = click.option("--threshold", type=float, help="Decision threshold (default: the model's).")
 
 

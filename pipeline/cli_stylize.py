@@ -5,15 +5,15 @@ Light imports only at module level (click): `python -m pipeline --help` must not
 TensorFlow. models.style_transfer is imported inside the command."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
+from pipeline.cli_common import fail, quiet_libraries
+
 
 def _fail(msg: str, code: int = 1):
-    click.secho(f"stylize: {msg}", fg="red", err=True)
-    sys.exit(code)
+    fail(f"stylize: {msg}", code)
 
 
 def _image(ref: str, what: str, scratch: Path) -> Path:
@@ -58,8 +58,8 @@ def stylize(content, style, out, iterations, size, weights, alpha, beta, learnin
 
     \b
     Example:
-      python -m pipeline stylize ../shared/datasets/nst_images/classic/louvre_small.jpg \\
-          ../shared/datasets/nst_images/classic/monet.jpg --out louvre_monet.png --iterations 200
+      python -m pipeline stylize louvre.jpg monet.jpg --out louvre_monet.png --iterations 200
+      python -m pipeline stylize builtin:grace_hopper builtin:swirls --out hopper.png
     """
     import tempfile
     import time
@@ -80,9 +80,7 @@ def stylize(content, style, out, iterations, size, weights, alpha, beta, learnin
         content_path = _image(content, "content", Path(scratch))
         style_path = _image(style, "style", Path(scratch))
 
-        from pipeline.cli import _quiet_libraries
-
-        _quiet_libraries()
+        quiet_libraries()
         t0 = time.perf_counter()
         from models import style_transfer as st
 

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from components.base import DEFAULT_TRACKING_URI
 from components.registry import COMPONENTS, get_spec
 
 
@@ -96,7 +97,7 @@ class _Strict(BaseModel):
 
 
 class TrackingConfig(_Strict):
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = DEFAULT_TRACKING_URI
     experiment: str = "cnn-pipeline"
 
 

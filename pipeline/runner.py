@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.base import ComponentError, Context
+from components.base import DEFAULT_TRACKING_URI, ComponentError, Context
 from components.registry import get_spec, spec_module
 from pipeline import fingerprint as fp
 from pipeline.config import Pipeline
@@ -79,7 +79,7 @@ def _close_logger(logger: logging.Logger) -> None:
 
 
 def execute_component(type_name: str, params, inputs: dict[str, Path], tmp_dir: Path, *, work_dir: Path,
-                      logger: logging.Logger, tracker=None, beam_args=None, tracking_uri="sqlite:///mlflow.db",
+                      logger: logging.Logger, tracker=None, beam_args=None, tracking_uri=DEFAULT_TRACKING_URI,
                       pipeline_run_id=None, cache_key=None, component_id="component", show_progress=True) -> dict:
     spec = get_spec(type_name)
     ctx = Context(outputs={o: tmp_dir / o for o in spec.outputs}, work_dir=work_dir, logger=logger,
@@ -314,7 +314,7 @@ class _StatusView:
 
 
 def run_single(type_name: str, inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, *,
-               beam_args=None, tracking_uri="sqlite:///mlflow.db", console=None) -> dict:
+               beam_args=None, tracking_uri=DEFAULT_TRACKING_URI, console=None) -> dict:
     """`python -m pipeline component TYPE --input name=PATH --param k=v --out DIR`: run one component
     outside any pipeline. Outputs land in DIR/<output>/ with DIR/metadata.json; written to a
     temporary sibling first and renamed into place."""

@@ -37,6 +37,7 @@ def test_trainer_input_helpers():
 
 def test_pipeline_helpers(tmp_path):
     from benchmarks.bench_pipeline import imported, make_pipeline_copy, parse_importtime, status_counts
+    from components.base import DEFAULT_TRACKING_URI
 
     stderr = ("import time: self [us] | cumulative | imported package\n"
               "import time:       100 |        100 |     tensorflow.python\n"
@@ -50,7 +51,7 @@ def test_pipeline_helpers(tmp_path):
 
     src = tmp_path / "src" / "pipeline.yaml"
     (src.parent / "data" / "imgs").mkdir(parents=True)  # relative paths that exist are made absolute
-    src.write_text(yaml.safe_dump({"name": "p", "root": "pipeline_root", "tracking": {"uri": "sqlite:///mlflow.db"},
+    src.write_text(yaml.safe_dump({"name": "p", "root": "pipeline_root", "tracking": {"uri": DEFAULT_TRACKING_URI},
                                    "components": {"gen": {"type": "ExampleGen", "params": {
                                        "source": {"format": "image_folder", "path": "data/imgs"}}}}}))
     dest = tmp_path / "dest"

@@ -1,6 +1,7 @@
 """Light CLI checks (no training): validate, explain, bad invocations exit with clear messages."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,3 +40,61 @@ def test_component_command_rejects_unknown_type_and_bad_params(tmp_path):
     r = cli("component", "ExampleGen", "--param", "image_size=big", "--out", str(tmp_path / "y"))
     assert r.returncode == 2 and "image_size" in r.stderr
     assert not (tmp_path / "y").exists()
+
+
+def test_help_is_fast_and_imports_no_heavy_library():
+    code = ("import json, sys, time; from click.testing import CliRunner; t = time.perf_counter(); "
+            "from pipeline.cli import main; r = CliRunner().invoke(main, ['--help']); "
+            "print(json.dumps({'exit': r.exit_code, 'seconds': time.perf_counter() - t, "
+            "'heavy': [m for m in ('tensorflow', 'keras', 'mlflow', 'apache_beam') if m in sys.modules]}))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["exit"] == 0 and out["heavy"] == [], out
+    assert out["seconds"] < 5, out  # about 0.05 s; TensorFlow alone would take seconds
+
+
+def test_list_on_a_fresh_root_is_not_an_error(tmp_path):
+    r = cli("list", "--root", str(tmp_path / "pipeline_root"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == (f"no executions recorded under {tmp_path / 'pipeline_root'} yet: "
+                                "run `python -m pipeline run` first")
+    assert not (tmp_path / "pipeline_root").exists()  # listing creates nothing
+    r = cli("list", "--root", str(tmp_path / "pipeline_root"), "--run", "2026-nope")
+    assert r.returncode == 1 and "no executions of pipeline run 2026-nope" in r.stderr
+
+
+def test_tracking_uri_option_defaults_to_the_components_constant():
+    import click
+    from click.testing import CliRunner
+
+    from components.base import DEFAULT_TRACKING_URI
+    from pipeline.cli_common import tracking_uri_option
+
+    @click.command()
+    @tracking_uri_option(help="Where runs go.")
+    def cmd(tracking_uri):
+        click.echo(repr(tracking_uri))
+
+    r = CliRunner().invoke(cmd, [])
+    assert r.exit_code == 0 and r.output.strip() == repr(DEFAULT_TRACKING_URI)
+    assert CliRunner().invoke(cmd, ["--tracking-uri", "sqlite:////tmp/x.db"]).output.strip() == "'sqlite:////tmp/x.db'"
+    help_text = " ".join(CliRunner().invoke(cmd, ["--help"]).output.split())
+    assert f"Where runs go. [default: {DEFAULT_TRACKING_URI}]" in help_text
+
+
+def test_parse_kv_nests_dotted_keys_and_reads_yaml_values():
+    from pipeline.cli_common import parse_kv
+
+    assert parse_kv(["a.b=3", "a.c=true", "d=[1, 2]", "e=", "f=x=y"], "--param") == {
+        "a": {"b": 3, "c": True}, "d": [1, 2], "e": "", "f": "x=y"}
+
+
+def test_command_groups_take_their_helpers_from_cli_common_not_cli():
+    import ast
+
+    for name in ("cli_common", "cli_faces", "cli_detect", "cli_stylize"):
+        tree = ast.parse((PROJECT_ROOT / "pipeline" / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "pipeline.cli" not in imported, name

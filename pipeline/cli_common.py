@@ -1,0 +1,83 @@
+"""Helpers shared by the CLI modules (pipeline/cli.py and its command groups cli_faces.py,
+cli_detect.py, cli_stylize.py), which import them from here and never from each other: cli.py
+registers the groups, the groups do not import cli.py.
+
+Imports only click at module level (rich, yaml and components.base inside the functions):
+`python -m pipeline --help` must stay fast and free of TensorFlow, MLflow and Beam."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def console():
+    """A rich console on stdout (live views and tables)."""
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+def fail(msg: str, code: int = 1):
+    """Print MSG in red on stderr and exit with CODE (1: the command failed, 2: a usage or input error)."""
+    click.secho(msg, fg="red", err=True)
+    sys.exit(code)
+
+
+def quiet_libraries():
+    """Silence the heavy libraries' logging and warnings; call before importing them."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("apache_beam", "absl", "tensorflow", "mlflow", "alembic", "h5py", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def parse_kv(items, what: str) -> dict:
+    """`key=value` strings -> a nested dict: dotted keys nest (a.b=1 -> {"a": {"b": 1}}), values are
+    read as YAML (3 -> int, true -> bool, [1, 2] -> list; an empty value stays ""). A malformed
+    item exits with a message naming WHAT (the option, e.g. "--param")."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            fail(f"{what} {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        node = out
+        parts = k.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(v) if v != "" else ""
+    return out
+
+
+class _DefaultTrackingUri:
+    """components.base.DEFAULT_TRACKING_URI, read when a command runs or shows its own help:
+    importing components.base (pydantic) at module level would slow `python -m pipeline --help`.
+    Click calls it for the value and prints str() of it for `[default: ...]`."""
+
+    def __call__(self) -> str:
+        from components.base import DEFAULT_TRACKING_URI
+
+        return DEFAULT_TRACKING_URI
+
+    def __str__(self) -> str:
+        return self()
+
+
+def tracking_uri_option(fn=None, *, help: str = "MLflow tracking URI."):
+    """The `--tracking-uri` option, defaulting to components.base.DEFAULT_TRACKING_URI.
+
+    Use as `@tracking_uri_option` or `@tracking_uri_option(help="...")`."""
+    option = click.option("--tracking-uri", "tracking_uri", type=str, default=_DefaultTrackingUri(),
+                          show_default=True, help=help)
+    return option if fn is None else option(fn)
