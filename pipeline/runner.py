@@ -45,7 +45,8 @@ class RunResult:
         return all(e.status in ("done", "cached", "reused") for e in self.executions.values())
 
 
-def compute_key(type_name: str, params, input_fps: dict[str, str]) -> tuple[str, str, list[str]]:
+def compute_key(type_name: str, params, input_fps: dict[str, str], resolved: dict | None = None
+                ) -> tuple[str, str, list[str]]:
     spec = get_spec(type_name)
     roots = [spec_module(type_name)]
     if spec.code_dependencies:
@@ -53,7 +54,13 @@ def compute_key(type_name: str, params, input_fps: dict[str, str]) -> tuple[str,
     code, modules = fp.code_fingerprint(roots)
     external = fp.external_fingerprint(spec.external_files(params)) if spec.external_files else None
     pdict = params.model_dump(mode="json")
-    return fp.cache_key(type_name, pdict, input_fps, code + fp.env_fingerprint(), external), code, modules
+    return fp.cache_key(type_name, pdict, input_fps, code + fp.env_fingerprint(), external, resolved), code, modules
+
+
+def resolve_external(type_name: str, params, tracking_uri: str, input_fps: dict[str, str]) -> dict | None:
+    """The spec's resolver result (e.g. the Evaluator's baseline version), or None without one."""
+    spec = get_spec(type_name)
+    return spec.resolve(params, tracking_uri, input_fps) if spec.resolve else None
 
 
 def _component_logger(log_path: Path, cid: str, console=None) -> logging.Logger:
@@ -80,12 +87,14 @@ def _close_logger(logger: logging.Logger) -> None:
 
 def execute_component(type_name: str, params, inputs: dict[str, Path], tmp_dir: Path, *, work_dir: Path,
                       logger: logging.Logger, tracker=None, beam_args=None, tracking_uri=DEFAULT_TRACKING_URI,
-                      pipeline_run_id=None, cache_key=None, component_id="component", show_progress=True) -> dict:
+                      pipeline_run_id=None, cache_key=None, component_id="component", show_progress=True,
+                      resolved=None, input_fingerprints=None) -> dict:
     spec = get_spec(type_name)
     ctx = Context(outputs={o: tmp_dir / o for o in spec.outputs}, work_dir=work_dir, logger=logger,
                   beam_args=list(beam_args or ["--runner=FnApiRunner"]), tracking_uri=tracking_uri,
                   pipeline_run_id=pipeline_run_id, cache_key=cache_key, component_id=component_id,
-                  show_progress=show_progress)
+                  show_progress=show_progress, resolved=dict(resolved or {}),
+                  input_fingerprints=dict(input_fingerprints or {}))
     if tracker is not None:
         ctx.tracker = tracker
     missing = [n for n, req in spec.inputs.items() if req and n not in inputs]
@@ -123,13 +132,19 @@ class Runner:
         self.store = ArtifactStore(pipeline.root)
 
     # -- keys for the whole graph ----------------------------------------------------------
-    def _keys(self) -> dict[str, tuple[str, dict[str, str], str, list[str]]]:
+    def _keys(self, only: set[str] | None = None) -> dict[str, tuple[str, dict[str, str], str, list[str], dict | None]]:
+        """Cache key of every component (or of ``only``, which must hold its upstream closure).
+        Resolvers (the Evaluator's champion lookup) run once here, when the run starts, so the
+        whole run sees one registry state."""
         keys = {}
         for cid in self.pipeline.order:
+            if only is not None and cid not in only:
+                continue
             comp = self.pipeline.components[cid]
             input_fps = {name: fp.output_fingerprint(keys[prod][0], out) for name, (prod, out) in comp.inputs.items()}
-            key, code, modules = compute_key(comp.type, comp.params, input_fps)
-            keys[cid] = (key, input_fps, code, modules)
+            resolved = resolve_external(comp.type, comp.params, self.pipeline.tracking_uri, input_fps)
+            key, code, modules = compute_key(comp.type, comp.params, input_fps, resolved)
+            keys[cid] = (key, input_fps, code, modules, resolved)
         return keys
 
     def run(self, only=None, from_=None, to=None, no_cache: bool = False) -> RunResult:
@@ -194,7 +209,7 @@ class Runner:
     def _execute(self, cid, keyinfo, ex: Execution, run_id, tracking, no_cache, view) -> None:
         p = self.pipeline
         comp = p.components[cid]
-        key, input_fps, code, modules = keyinfo
+        key, input_fps, code, modules, resolved = keyinfo
         ex.key = key
         inputs = self._inputs_for(cid, self._all_keys)
         params_json = comp.params.model_dump(mode="json")
@@ -235,14 +250,16 @@ class Runner:
                 result = execute_component(
                     comp.type, comp.params, inputs, tmp, work_dir=self.store.work_dir(cid, key), logger=logger,
                     tracker=tr, beam_args=p.config.beam_args, tracking_uri=p.tracking_uri, pipeline_run_id=run_id,
-                    cache_key=key, component_id=cid, show_progress=self.show_progress)
+                    cache_key=key, component_id=cid, show_progress=self.show_progress, resolved=resolved,
+                    input_fingerprints=input_fps)
                 ex.metrics = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float))}
                 if tr is not None and ex.metrics:
                     tr.log_metrics(ex.metrics)
                 ex.duration = time.time() - t0
                 meta = {"component": cid, "type": comp.type, "cache_key": key, "inputs": {n: str(v) for n, v in inputs.items()},
                         "input_fingerprints": input_fps, "params": params_json, "code_fingerprint": code,
-                        "code_modules": modules, "pipeline_run": run_id, "mlflow_run_id": ex.mlflow_run_id,
+                        "code_modules": modules, "resolved": resolved, "pipeline_run": run_id,
+                        "mlflow_run_id": ex.mlflow_run_id,
                         "started": t0, "duration_s": ex.duration, "metrics": ex.metrics,
                         "output_fingerprints": {o: fp.output_fingerprint(key, o) for o in get_spec(comp.type).outputs}}
                 ex.dir = self.store.commit(tmp, cid, key, meta)
@@ -265,6 +282,21 @@ class Runner:
             _close_logger(logger)
             if view:
                 view.update()
+
+
+    def cached_outputs(self, cid: str) -> dict[str, Path]:
+        """The output folders of ``cid``'s upstream components as the current params and code
+        would have written them (input name -> folder), for tools that rebuild what a component
+        sees (``explain TRAINER``). Raises PipelineError naming what must run first."""
+        comp = self.pipeline.components[cid]
+        keys = self._keys(self.pipeline.upstream(cid) | {cid})
+        out = {}
+        for name, (prod, output) in comp.inputs.items():
+            if self.store.lookup(prod, keys[prod][0]) is None:
+                raise PipelineError(f"{cid} needs {prod}.{output}, which has not been run with its current params and "
+                                    f"code: run `python -m pipeline run {self.pipeline.path} --to {prod}` first")
+            out[name] = self.store.final_dir(prod, keys[prod][0]) / output
+        return out
 
 
 class _null_tracker:
@@ -325,7 +357,8 @@ def run_single(type_name: str, inputs: dict[str, Path], params: dict[str, Any], 
     spec = get_spec(type_name)
     params_obj = spec.params.model_validate(params)
     input_fps = {n: fp.artifact_fingerprint(Path(p)) for n, p in inputs.items()}
-    key, code, modules = compute_key(type_name, params_obj, input_fps)
+    resolved = resolve_external(type_name, params_obj, tracking_uri, input_fps)
+    key, code, modules = compute_key(type_name, params_obj, input_fps, resolved)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise PipelineError(f"--out {out_dir} exists and is not empty; choose a new folder")
@@ -342,7 +375,8 @@ def run_single(type_name: str, inputs: dict[str, Path], params: dict[str, Any], 
     try:
         result = execute_component(type_name, params_obj, {n: Path(p) for n, p in inputs.items()}, tmp,
                                    work_dir=work, logger=logger, beam_args=beam_args, tracking_uri=tracking_uri,
-                                   cache_key=key, component_id=type_name)
+                                   cache_key=key, component_id=type_name, resolved=resolved,
+                                   input_fingerprints=input_fps)
     except BaseException:
         _close_logger(logger)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -350,7 +384,8 @@ def run_single(type_name: str, inputs: dict[str, Path], params: dict[str, Any], 
     _close_logger(logger)
     meta = {"component": type_name, "type": type_name, "cache_key": key, "inputs": {n: str(v) for n, v in inputs.items()},
             "input_fingerprints": input_fps, "params": params_obj.model_dump(mode="json"), "code_fingerprint": code,
-            "code_modules": modules, "duration_s": time.time() - t0, "status": "complete", "finished": time.time(),
+            "code_modules": modules, "resolved": resolved, "duration_s": time.time() - t0, "status": "complete",
+            "finished": time.time(),
             "metrics": {k: v for k, v in (result or {}).items() if isinstance(v, (int, float))},
             "output_fingerprints": {o: fp.output_fingerprint(key, o) for o in spec.outputs}}
     (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
