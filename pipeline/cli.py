@@ -225,42 +225,64 @@ def _experiments(uri: str) -> list[tuple[str, str]]:
 
 @main.command()
 @click.option("--model", "model_uri", required=True,
-              help="models:/NAME@ALIAS, models:/NAME/VERSION, a model.keras file or a Trainer model folder.")
+              help="models:/NAME@ALIAS, models:/NAME/VERSION, a model.keras file or a Trainer model folder "
+                   "(a classifier, a detector or a face model).")
 @tracking_uri_option
-@click.option("--top", default=1, show_default=True, help="Show the top-k classes.")
+@click.option("--top", default=1, show_default=True, help="Classifier: show the top-k classes.")
+@click.option("--score-threshold", type=click.FloatRange(0, 1),
+              help="Detector: keep boxes scoring at least this (default 0.3).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Detector: also draw the boxes into this folder (<image>.png).")
+@click.option("--face-db", type=click.Path(dir_okay=False),
+              help="Face model: name the nearest person enrolled with `faces enroll` in this database.")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-def predict(model_uri, tracking_uri, top, images):
-    """Classify IMAGES with a registered or local model (the course's "test on your own image")."""
+def predict(model_uri, tracking_uri, top, score_threshold, out_dir, face_db, images):
+    """Predict IMAGES with a registered or local model of any task: a classifier prints its top-k
+    classes, a detector its boxes (and draws them with --out), a face model the nearest enrolled
+    person with --face-db, otherwise the encoding's size and norm (the course's "test on your own
+    image"). Images are checked before the model loads.
+
+    \b
+    Examples:
+      python -m pipeline predict --model models:/signs-cnn@champion hand.jpg --top 3
+      python -m pipeline predict --model models:/yolo-shapes@champion scene.png --out drawn/
+      python -m pipeline predict --model models:/facenet-small@champion --face-db faces.db me.jpg
+    """
     _quiet_libraries()
     from components.predict import PredictError, predict_images
 
+    options = {"top": top, "score_threshold": score_threshold, "out_dir": out_dir, "face_db": face_db}
     try:
-        rows = predict_images(model_uri, list(images), tracking_uri=tracking_uri, top=top)
+        task, rows = predict_images(model_uri, list(images), tracking_uri=tracking_uri,
+                                    **{k: v for k, v in options.items() if v is not None})
     except PredictError as e:
         _fail(str(e))
     for r in rows:
         if r.get("error"):
             click.secho(f"{r['image']}: {r['error']}", fg="red")
-        else:
-            click.echo(f"{r['image']}: " + ", ".join(f"{c} ({p:.3f})" for c, p in r["top"]))
+            continue
+        lines = task.format_row(r)
+        click.echo(f"{r['image']}: {lines[0]}")
+        for line in lines[1:]:
+            click.echo(f"  {line}")
     sys.exit(1 if any(r.get("error") for r in rows) else 0)
 
 
 @main.command()
 @click.argument("target")
 @click.option("--pipeline", "pipeline_file", default="pipeline.yaml", type=click.Path(dir_okay=False))
-@click.option("--input-shape", help="HxWxC, e.g. 64x64x3 (default: the model's).")
-@click.option("--classes", type=int, help="Number of classes (classification models).")
+@click.option("--input-shape", help="HxWxC, e.g. 64x64x3 (a model name only; default: the model's).")
+@click.option("--classes", type=int, help="Number of classes (a model name only).")
 def explain(target, pipeline_file, input_shape, classes):
     """Layer by layer: output volume (the course's formula) and parameter counts.
 
-    TARGET is a registered model name (signs_cnn, resnet50, ...) or a Trainer component of the
-    pipeline (e.g. `train`), whose model and hyperparameters are used."""
+    TARGET is a registered model name (signs_cnn, resnet50, ...), built with its defaults, or a
+    Trainer component of the pipeline (e.g. `signs_train`): then the network is built exactly as
+    that Trainer builds it (image size, classes, hyperparameters, anchors, from the artifacts of
+    the components before it, which must have run), and the served model's parameter count,
+    preprocessing included, is the trained model's."""
     from models.registry import MODELS
 
-    hparams = {}
-    name = target
-    shape = None
     if target not in MODELS:
         from pipeline.config import ConfigError, load_pipeline
 
@@ -268,18 +290,28 @@ def explain(target, pipeline_file, input_shape, classes):
             p = load_pipeline(pipeline_file)
         except ConfigError as e:
             _fail(str(e), 2)
-        comp = p.components.get(target)
-        if comp is None or not hasattr(comp.params, "model"):
+        if target not in p.components or p.components[target].type != "Trainer":
             _fail(f"{target!r} is neither a model ({', '.join(MODELS)}) nor a Trainer in {pipeline_file}", 2)
-        name, hparams = comp.params.model, dict(comp.params.hyperparameters)
-    if input_shape:
-        shape = tuple(int(x) for x in input_shape.lower().split("x"))
+        _quiet_libraries()
+        from components.base import ComponentError
+        from models.explain import explain_model, render
+        from pipeline.inspect_trainer import trainer_network
+        from pipeline.runner import PipelineError
+
+        try:
+            served, core = trainer_network(p, target)
+        except (PipelineError, ComponentError) as e:
+            _fail(str(e), 2)
+        click.echo(render(explain_model(core)))
+        click.echo(f"served model {served.name} (uint8 images, the Transform's preprocessing inside): "
+                   f"{served.count_params():,} parameters")
+        return
+    shape = tuple(int(x) for x in input_shape.lower().split("x")) if input_shape else None
     _quiet_libraries()
     from models.explain import explain_model, render
     from models.registry import build_model
 
-    model = build_model(name, input_shape=shape, num_classes=classes, **hparams)
-    click.echo(render(explain_model(model)))
+    click.echo(render(explain_model(build_model(target, input_shape=shape, num_classes=classes))))
 
 
 # Branch-specific command groups live in their own modules (each imports TensorFlow lazily and
