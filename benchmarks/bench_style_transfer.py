@@ -1,4 +1,4 @@
-"""Neural style transfer benchmark (models/style_transfer.py).
+"""Neural style transfer benchmark (models/style_transfer/).
 
 1. Seconds per optimisation step at 400x300 with VGG-19 (weights=None: the speed does not
    depend on the weights' values) -- the same step run eagerly, as a ``tf.function``, and as a

@@ -1,5 +1,5 @@
 """StyleTransfer: a content image + a style image -> `stylized`: the content image painted in the
-style (neural style transfer, course notes 4.5/4.7; the maths is in models/style_transfer.py).
+style (neural style transfer, course notes 4.5/4.7; the maths is in models/style_transfer/).
 
 NST optimises the pixels of one image, not a model's weights, so this component "trains" an
 image: Adam on the pixels against a frozen VGG-19's content and style activations.
@@ -22,7 +22,6 @@ the grid and cost curve under `plots/`, the weights description as a param.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -56,10 +55,10 @@ class StyleTransferParams(Params):
     @field_validator("size")
     @classmethod
     def _size(cls, v: str) -> str:
-        m = re.fullmatch(r"\s*(\d+)\s*[x×X]\s*(\d+)\s*", v)
-        if not m or min(int(m[1]), int(m[2])) < 1:
-            raise ValueError(f"size must be WIDTHxHEIGHT with positive integers, e.g. 400x300; got {v!r}")
-        return f"{int(m[1])}x{int(m[2])}"
+        from data.style_images import parse_size
+
+        w, h = parse_size(v)  # "64 x 48" -> "64x48"; a ValueError says what is wrong
+        return f"{w}x{h}"
 
     @field_validator("content", "style")
     @classmethod
@@ -84,8 +83,9 @@ class StyleTransferParams(Params):
 
     @property
     def width_height(self) -> tuple[int, int]:
-        w, h = self.size.split("x")
-        return int(w), int(h)
+        from data.style_images import parse_size
+
+        return parse_size(self.size)
 
     def resolve_paths(self, base_dir) -> None:
         """Relative image and weights paths in pipeline.yaml are relative to that file."""

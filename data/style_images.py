@@ -1,5 +1,6 @@
 """Default images for neural style transfer that need no download: they ship with an installed
-package or the project paints them.
+package or the project paints them; and :func:`parse_size`, the one reading of an image size
+("400x300" or (400, 300)) that the StyleTransfer params, the model code and this module share.
 
 * ``builtin:grace_hopper`` (content): matplotlib's sample photo
   ``mpl-data/sample_data/grace_hopper.jpg`` (512x600), installed with matplotlib.
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -26,6 +29,25 @@ _PALETTE = np.array([
     [18, 38, 92], [33, 70, 150], [70, 120, 200], [120, 170, 225],
     [240, 210, 80], [250, 235, 150], [230, 140, 40], [30, 70, 50],
 ], dtype=np.float64)
+
+
+_SIZE_RE = re.compile(r"\s*(\d+)\s*[x×X]\s*(\d+)\s*")
+
+
+def parse_size(size: str | Sequence[int]) -> tuple[int, int]:
+    """(width, height) of an image size given as "WIDTHxHEIGHT" (the CLI's --size and the
+    StyleTransfer param: "400x300", "400 x 300", "400X300", "400×300") or as a pair of
+    integers (400, 300). Anything else, or a side below 1, is a ValueError."""
+    if isinstance(size, str):
+        m = _SIZE_RE.fullmatch(size)
+        if not m:
+            raise ValueError(f"size must be WIDTHxHEIGHT, e.g. 400x300; got {size!r}")
+        w, h = int(m[1]), int(m[2])
+    else:
+        w, h = (int(v) for v in size)
+    if w < 1 or h < 1:
+        raise ValueError(f"size must be positive, got {w}x{h}")
+    return w, h
 
 
 def builtin_names() -> list[str]:
@@ -61,7 +83,7 @@ def swirls(size: tuple[int, int] = SWIRLS_SIZE, seed: int = SWIRLS_SEED) -> np.n
     height (light blues up high, yellows around the 'moons', greens at the bottom)."""
     from PIL import Image, ImageDraw, ImageFilter
 
-    w, h = (int(v) for v in size)
+    w, h = parse_size(size)
     rng = np.random.default_rng(seed)
     yy = np.linspace(0, 1, h)[:, None, None]
     ground = (1 - yy) * _PALETTE[1] + yy * _PALETTE[0]

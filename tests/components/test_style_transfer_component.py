@@ -98,12 +98,37 @@ def test_wrong_weights_file(tmp_path):
 @pytest.mark.slow
 def test_image_from_input_artifact(done, tmp_path):
     # The previous result as content (a `stylized` folder: its result.png is used).
+    from models import style_transfer as st
+
     d, _ = done
     _, s = _images(tmp_path)
-    meta = _run({"style": str(s), "size": f"{W}x{H}", "iterations": 2, "save_every": 0}, tmp_path / "o",
-                inputs={"content": d / "out" / "stylized"})
-    r = json.loads((tmp_path / "o" / "stylized" / "result.json").read_text())
-    assert "result.png" in r["content"] and meta["metrics"]["J_final"] > 0
+    iterations, lr = 2, 2.0
+    meta = _run({"style": str(s), "size": f"{W}x{H}", "iterations": iterations, "learning_rate": lr,
+                 "save_every": 0}, tmp_path / "o", inputs={"content": d / "out" / "stylized"})
+    out = tmp_path / "o" / "stylized"
+    r = json.loads((out / "result.json").read_text())
+    previous = d / "out" / "stylized" / "result.png"
+    assert r["content"] == f"input artifact {previous}"
+    prev = np.asarray(Image.open(previous))
+    # The content optimised against is that image's pixels (same size: no resize), not the default built-in.
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "content.png")), prev)
+
+    # The first step's cost, recomputed here from the previous result: the course's initial image
+    # (seed 0) through the same random VGG-19 (seed 0). Another content image gives another cost.
+    ex = st.build_feature_extractor(None, input_shape=(H, W, 3), seed=0)
+    content = st.preprocess_image(prev)
+    init = st.generate_noise_image(content, seed=0)
+    a_C, a_S, a_G = ex(content), ex(st.preprocess_image(st.load_image(s, (W, H)))), ex(init)
+    J0 = st.total_cost(float(st.compute_content_cost(a_C, a_G)), float(st.compute_style_cost(a_S, a_G)))
+    assert r["initial_costs"]["J"] == pytest.approx(J0, rel=1e-4)
+    assert meta["metrics"]["J_initial"] == pytest.approx(J0, rel=1e-4)
+    assert meta["metrics"]["J_final"] < meta["metrics"]["J_initial"]  # the optimisation lowered the cost
+
+    # The written result is the initial image moved by Adam: about `lr` per pixel and step (the first
+    # steps' updates are ~lr * sign(gradient); the clip only shortens them), +1 for rounding to uint8.
+    moved = np.abs(np.asarray(Image.open(out / "result.png")).astype(int) - st.deprocess_image(init).astype(int))
+    assert moved.max() <= iterations * lr + 1
+    assert moved.mean() > 0.5 * iterations * lr  # every pixel moved, not just a few
     two = tmp_path / "two"
     two.mkdir()
     _images(two)
@@ -115,7 +140,7 @@ def test_params_paths_and_cache_files(tmp_path):
     p = StyleTransferParams(content="img/c.jpg", style="builtin:swirls", weights="w.h5", size="64 x 48")
     p.resolve_paths(tmp_path)
     assert p.content == str(tmp_path / "img" / "c.jpg") and p.style == "builtin:swirls"
-    assert p.weights == str(tmp_path / "w.h5") and p.size == "64x48"
+    assert p.weights == str(tmp_path / "w.h5") and p.size == "64x48" and p.width_height == (64, 48)
     files = SPEC.external_files(p)
     assert str(tmp_path / "img" / "c.jpg") in files and str(tmp_path / "w.h5") in files
     d = StyleTransferParams()
@@ -140,6 +165,9 @@ def test_changing_an_image_changes_the_cache_key(tmp_path):
     assert compute_key("StyleTransfer", p, {})[0] != k1
     _, modules = compute_key("StyleTransfer", p, {})[1:]
     assert {"models.style_transfer", "data.style_images"} <= set(modules)
+    # The package's modules are in the code fingerprint too: editing the cost maths reruns the component.
+    assert {f"models.style_transfer.{m}" for m in ("costs", "network", "vgg_weights", "images", "optimize",
+                                                  "report", "runner")} <= set(modules)
 
 
 def test_builtin_images(tmp_path):

@@ -1,6 +1,8 @@
-"""Tests for models/style_transfer.py: the course's cost functions against numpy versions of
-the same formulas, the VGG-19 feature extractor, the optimisation loop on small images, the
-files it writes, and every bad-input path (clear error, nothing half-written)."""
+"""Tests for models/style_transfer/ (through the package's re-exports): the course's cost
+functions against numpy versions of the same formulas, the VGG-19 feature extractor, the
+optimisation loop on small images, the files it writes, every bad-input path (clear error,
+nothing half-written), and the package's layout (one concern a module, no console output
+outside its console module, no imports from components/ or pipeline/)."""
 from __future__ import annotations
 
 import time
@@ -324,9 +326,10 @@ def test_wrong_weights_files(image_files, tmp_path):
 def test_imagenet_unavailable_fails_fast(monkeypatch, tmp_path):
     # No cached file, and a probe to an unroutable address (TEST-NET-1): must raise within
     # the probe timeout, naming the options, on machines with or without internet.
-    monkeypatch.setattr(st, "_imagenet_cache_candidates", lambda: [tmp_path / st.VGG19_NOTOP_FILE])
-    monkeypatch.setattr(st, "_IMAGENET_PROBE", ("192.0.2.1", 443))
-    monkeypatch.setattr(st, "_PROBE_TIMEOUT_S", 1.0)
+    # The cache lookup and the probe live in the weights module (st.vgg_weights).
+    monkeypatch.setattr(st.vgg_weights, "_imagenet_cache_candidates", lambda: [tmp_path / st.VGG19_NOTOP_FILE])
+    monkeypatch.setattr(st.vgg_weights, "_IMAGENET_PROBE", ("192.0.2.1", 443))
+    monkeypatch.setattr(st.vgg_weights, "_PROBE_TIMEOUT_S", 1.0)
     t0 = time.perf_counter()
     with pytest.raises(st.WeightsUnavailableError) as err:
         st.build_feature_extractor("imagenet", input_shape=(H, W, 3))
@@ -364,3 +367,53 @@ def test_keras_model_file_with_user_layers(tmp_path):
     assert len(res["history"]["J"]) == 3
     with pytest.raises(ValueError, match="block4_conv2"):
         st.build_feature_extractor(str(path), input_shape=(24, 32, 3))  # default VGG names absent
+
+
+# ---------------------------------------------------------------- package layout
+
+PACKAGE_DIR = Path(st.__file__).parent
+
+
+def _imported_modules(tree) -> set[str]:
+    import ast
+
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            out.add(node.module or "")
+    return out
+
+
+def test_package_layout_one_concern_a_module():
+    import ast
+
+    files = sorted(PACKAGE_DIR.glob("*.py"))
+    assert {f.stem for f in files} >= {"__init__", "costs", "network", "vgg_weights", "images", "optimize",
+                                       "report", "runner", "console"}
+    for f in files:
+        text = f.read_text()
+        assert len(text.splitlines()) < 500, f
+        tree = ast.parse(text)
+        mods = _imported_modules(tree)
+        # models/ sits below components/ and pipeline/: it never imports them.
+        assert not {m for m in mods if m.split(".")[0] in ("components", "pipeline")}, (f, mods)
+        # Console output lives in console.py alone (shown only when a caller asks, progress=True).
+        calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert "print" not in calls, f
+        if f.stem != "console":
+            assert not {m for m in mods if m.split(".")[0] in ("rich", "click")}, (f, mods)
+    # The course's maths needs neither files, plots nor the network.
+    costs_mods = _imported_modules(ast.parse((PACKAGE_DIR / "costs.py").read_text()))
+    assert costs_mods <= {"__future__", "typing", "numpy", "keras"}, costs_mods
+
+
+def test_one_size_parser():
+    from data import style_images
+
+    assert st.parse_size is style_images.parse_size
+    assert st.parse_size(" 64 X 48 ") == st.parse_size("64×48") == (64, 48)
+    for bad in ("0x48", "64x", "4OOx300", (64, 0)):
+        with pytest.raises(ValueError, match="WIDTHxHEIGHT|positive"):
+            st.parse_size(bad)
