@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
             out_dir = RESULTS_DIR / "style_transfer"
             res = st.run_style_transfer(content_path, style_path, out_dir / "louvre_monet.png",
                                         size=(width, height), iterations=args.iterations, weights=None,
-                                        save_every=0, seed=0, progress=True, extractor=extractor)
+                                        save_every=0, seed=0, extractor=extractor)
             J = res["history"]["J"]
             result["full_run"] = {
                 "command": f"python -m benchmarks style_transfer --iterations {args.iterations}",

@@ -206,7 +206,7 @@ def run(ctx, inputs, params: StyleTransferParams):
                 iterations=params.iterations, weights=weights, alpha=params.alpha, beta=params.beta,
                 learning_rate=params.learning_rate, tv_weight=params.tv_weight,
                 style_layers=[tuple(x) for x in params.style_layers], content_layer=params.content_layer,
-                save_every=params.save_every, seed=params.seed, progress=False,
+                save_every=params.save_every, seed=params.seed,
                 on_checkpoint=on_checkpoint if params.save_every else None,
                 checkpoint_dir=out / "checkpoints", on_step=lambda i, c: advance(1))
     except (FileNotFoundError, ValueError, ConnectionError, FloatingPointError) as e:

@@ -67,12 +67,12 @@ def stylize(content, style, out, iterations, size, weights, alpha, beta, learnin
     out_path = Path(out)
     if out_path.suffix.lower() != ".png":
         _fail(f"--out must be a .png file, got {out}", 2)
-    import re
+    from data.style_images import parse_size
 
-    m = re.fullmatch(r"\s*(\d+)\s*[x×X]\s*(\d+)\s*", size)
-    if not m or min(int(m[1]), int(m[2])) < 1:
-        _fail(f"--size must be WIDTHxHEIGHT with positive integers, e.g. 400x300; got {size!r}", 2)
-    size_wh = (int(m[1]), int(m[2]))
+    try:
+        size_wh = parse_size(size)
+    except ValueError as e:
+        _fail(f"--size: {e}", 2)
     w = None if weights.lower() in ("none", "random", "null") else weights
     if w is not None and w != "imagenet" and not Path(w).is_file():
         _fail(f"--weights: file not found: {w} (use --weights none, imagenet or a path to a VGG-19 weights file)", 2)
@@ -88,11 +88,16 @@ def stylize(content, style, out, iterations, size, weights, alpha, beta, learnin
             click.secho("note: --weights none: VGG-19 has random weights (no ImageNet weights on this machine), so "
                         "the result is a texture, not a painting; pass --weights imagenet or a weights file.",
                         fg="yellow", err=True)
+        from pipeline.stylize_progress import announce_weights, progress_bar
+
         try:
-            res = st.run_style_transfer(content_path, style_path, out_path, size=size_wh, iterations=iterations,
-                                        weights=w, alpha=alpha, beta=beta, learning_rate=learning_rate,
-                                        tv_weight=tv_weight, save_every=save_every, seed=seed,
-                                        progress=not no_progress)
+            if not no_progress:
+                announce_weights(st.describe_weights(w))
+            with progress_bar(not no_progress, iterations) as show:
+                res = st.run_style_transfer(content_path, style_path, out_path, size=size_wh, iterations=iterations,
+                                            weights=w, alpha=alpha, beta=beta, learning_rate=learning_rate,
+                                            tv_weight=tv_weight, save_every=save_every, seed=seed,
+                                            on_step=lambda i, costs: show(costs))
         except (FileNotFoundError, ValueError, ConnectionError, FloatingPointError) as e:
             _fail(str(e))
     total = time.perf_counter() - t0

@@ -26,8 +26,7 @@ The modules, in the order a learner meets them (every public name is re-exported
 * :mod:`.report`: :func:`save_grid`, :func:`save_cost_curve` and the atomic file writes;
   :mod:`.runner`: :func:`run_style_transfer` (files in, files out; what the pipeline
   component and ``python -m pipeline stylize`` wrap).
-* :mod:`.console`: the terminal bar and weights line shown only when a caller passes
-  ``progress=True``; nothing else in the package prints.
+Nothing in the package prints: callers show progress through ``on_step``.
 
 Course defaults kept: 400x300 images, generated image initialised as
 ``0.6 * uniform(-20, 20) + 0.4 * content`` in the mean-subtracted pixel domain the course's

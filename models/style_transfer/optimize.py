@@ -15,7 +15,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .console import progress_bar
 from .costs import STYLE_LAYERS, compute_content_cost, compute_style_cost, total_cost, total_variation_cost
 from .images import VGG_MEANS_BGR, deprocess_image, generate_noise_image, preprocess_image
 from .network import _layer_pairs
@@ -63,7 +62,7 @@ def optimize_image(content_rgb: np.ndarray, style_rgb: np.ndarray, extractor: ke
                    iterations: int = 200, alpha: float = 10, beta: float = 40,
                    learning_rate: float = 2.0, tv_weight: float = 0.0,
                    style_layers=STYLE_LAYERS, noise_ratio: float = 0.6, seed: int | None = 0,
-                   jit_compile: bool = False, progress: bool = True, every: int = 0,
+                   jit_compile: bool = False, every: int = 0,
                    callback: Callable[[int, np.ndarray, dict], None] | None = None,
                    on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Optimise a generated image; arrays in, arrays out (no files).
@@ -71,8 +70,7 @@ def optimize_image(content_rgb: np.ndarray, style_rgb: np.ndarray, extractor: ke
     ``content_rgb``/``style_rgb``: RGB uint8 (H, W, 3) of the extractor's input size.
     ``callback(iteration, rgb_uint8, costs)`` runs every ``every`` iterations (and never
     when ``every`` <= 0). ``on_step(iteration, costs)`` runs after every step (cheap: for a
-    caller's own progress display, e.g. the pipeline component's). ``progress``: show the
-    terminal bar of :mod:`.console` (pass False when the caller reports progress itself).
+    caller's progress display: this package prints nothing).
     Returns ``{"image": rgb uint8, "history": {"iteration", "J", "J_content", "J_style",
     "J_tv": lists}, "final_costs": costs of the returned image, "seconds_per_iteration":
     median over the steps after the first (which traces), "trace_seconds": the first step}``.
@@ -96,21 +94,19 @@ def optimize_image(content_rgb: np.ndarray, style_rgb: np.ndarray, extractor: ke
     keys = ("J", "J_content", "J_style", "J_tv")
     history: dict[str, list] = {"iteration": [], **{k: [] for k in keys}}
     times = []
-    with progress_bar(progress, iterations) as show:
-        for i in range(1, iterations + 1):
-            t0 = time.perf_counter()
-            costs = {k: float(v) for k, v in step().items()}  # float() waits for the step
-            times.append(time.perf_counter() - t0)
-            if not all(math.isfinite(v) for v in costs.values()):
-                raise FloatingPointError(f"cost became {costs} at iteration {i}; lower the learning rate")
-            history["iteration"].append(i)
-            for k in keys:
-                history[k].append(costs[k])
-            show(costs)
-            if on_step is not None:
-                on_step(i, costs)
-            if callback is not None and every > 0 and (i % every == 0 or i == iterations):
-                callback(i, deprocess_image(generated.numpy()), costs)
+    for i in range(1, iterations + 1):
+        t0 = time.perf_counter()
+        costs = {k: float(v) for k, v in step().items()}  # float() waits for the step
+        times.append(time.perf_counter() - t0)
+        if not all(math.isfinite(v) for v in costs.values()):
+            raise FloatingPointError(f"cost became {costs} at iteration {i}; lower the learning rate")
+        history["iteration"].append(i)
+        for k in keys:
+            history[k].append(costs[k])
+        if on_step is not None:
+            on_step(i, costs)
+        if callback is not None and every > 0 and (i % every == 0 or i == iterations):
+            callback(i, deprocess_image(generated.numpy()), costs)
 
     # Costs of the image actually returned (the step's costs are from before its update).
     a_G = extractor(generated, training=False)

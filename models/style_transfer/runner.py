@@ -13,7 +13,6 @@ from typing import Callable
 import keras
 import numpy as np
 
-from .console import announce_weights
 from .costs import CONTENT_LAYER, STYLE_LAYERS
 from .images import load_image, parse_size
 from .network import build_feature_extractor, min_input_size
@@ -29,7 +28,7 @@ log = logging.getLogger("models.style_transfer")
 def run_style_transfer(content_path, style_path, out_path, *, size=(400, 300), iterations: int = 200,
                        weights=None, alpha: float = 10, beta: float = 40, learning_rate: float = 2.0,
                        tv_weight: float = 0.0, style_layers=STYLE_LAYERS, content_layer=CONTENT_LAYER,
-                       save_every: int = 50, seed: int = 0, progress: bool = True,
+                       save_every: int = 50, seed: int = 0,
                        on_checkpoint: Callable[[int, str, dict], None] | None = None,
                        checkpoint_dir=None, jit_compile: bool = False,
                        extractor: keras.Model | None = None,
@@ -45,8 +44,7 @@ def run_style_transfer(content_path, style_path, out_path, *, size=(400, 300), i
     that step, evaluated before its update). ``extractor``: a prebuilt
     ``build_feature_extractor`` model of this size, to reuse across calls.
     ``on_step(iteration, costs)``: called after every step (see ``optimize_image``).
-    ``progress``: the terminal display of :mod:`.console` (the weights line and a bar);
-    without it, random weights are still named in a warning on this module's logger.
+    Random weights are named in a warning on this module's logger (the result is a texture).
 
     Writes ``out_path`` (PNG), ``<stem>_grid.png`` (content | style | result) and
     ``<stem>_costs.png`` (cost curve), each to a temporary name first and renamed into place
@@ -72,10 +70,8 @@ def run_style_transfer(content_path, style_path, out_path, *, size=(400, 300), i
     style_rgb = load_image(style_path, (width, height), "style image")
 
     weights_desc = describe_weights(weights)
-    if progress:
-        announce_weights(weights_desc)
-    elif _is_random(weights):
-        log.warning("style transfer with %s", weights_desc)  # still said when the bar is off
+    if _is_random(weights):
+        log.warning("style transfer with %s", weights_desc)
     if extractor is None:
         extractor = build_feature_extractor(weights, style_layers, content_layer, (height, width, 3), seed=seed)
 
@@ -92,7 +88,7 @@ def run_style_transfer(content_path, style_path, out_path, *, size=(400, 300), i
 
     res = optimize_image(content_rgb, style_rgb, extractor, iterations=iterations, alpha=alpha, beta=beta,
                          learning_rate=learning_rate, tv_weight=tv_weight, style_layers=style_layers,
-                         seed=seed, jit_compile=jit_compile, progress=progress,
+                         seed=seed, jit_compile=jit_compile,
                          every=save_every or 0, callback=checkpoint, on_step=on_step)
 
     title = f"{iterations} iterations, {width}x{height}, alpha={alpha:g}, beta={beta:g}; weights: {weights_desc.split(':')[0]}"

@@ -1,8 +1,8 @@
 """Tests for models/style_transfer/ (through the package's re-exports): the course's cost
 functions against numpy versions of the same formulas, the VGG-19 feature extractor, the
 optimisation loop on small images, the files it writes, every bad-input path (clear error,
-nothing half-written), and the package's layout (one concern a module, no console output
-outside its console module, no imports from components/ or pipeline/)."""
+nothing half-written), and the package's layout (one concern a module, no console output,
+no imports from components/ or pipeline/)."""
 from __future__ import annotations
 
 import time
@@ -199,14 +199,14 @@ def test_train_step_clips_to_valid_pixels(extractor):
 
 def test_cost_decreases_and_tv_weight(extractor):
     content, style = _images()
-    res = st.optimize_image(content, style, extractor, iterations=10, progress=False, seed=0)
+    res = st.optimize_image(content, style, extractor, iterations=10, seed=0)
     J = res["history"]["J"]
     assert len(J) == 10 and res["history"]["iteration"] == list(range(1, 11))
     assert J[-1] < 0.95 * J[0]
     assert sum(b < a for a, b in zip(J, J[1:])) >= 8  # (almost) monotone
     assert res["final_costs"]["J"] < J[-1]  # the returned image is after the last update
     assert res["image"].shape == (H, W, 3) and res["image"].dtype == np.uint8
-    tv = st.optimize_image(content, style, extractor, iterations=3, progress=False, tv_weight=1e-3)
+    tv = st.optimize_image(content, style, extractor, iterations=3, tv_weight=1e-3)
     assert tv["history"]["J_tv"][0] > 0
     assert tv["history"]["J"][0] == pytest.approx(
         10 * tv["history"]["J_content"][0] + 40 * tv["history"]["J_style"][0] + 1e-3 * tv["history"]["J_tv"][0],
@@ -233,8 +233,7 @@ def test_run_style_transfer_end_to_end(image_files, tmp_path, extractor):
     content, style = image_files
     out = tmp_path / "out" / "result.png"
     calls, steps = [], []
-    res = st.run_style_transfer(content, style, out, size=f"{W}x{H}", iterations=10, save_every=4,
-                                progress=False, extractor=extractor,
+    res = st.run_style_transfer(content, style, out, size=f"{W}x{H}", iterations=10, save_every=4, extractor=extractor,
                                 on_checkpoint=lambda i, p, c: calls.append((i, p, c)),
                                 on_step=lambda i, c: steps.append((i, c["J"])))
     assert res["output"] == str(out) and out.is_file()
@@ -259,7 +258,7 @@ def test_run_style_transfer_end_to_end(image_files, tmp_path, extractor):
 def test_run_style_transfer_course_images(tmp_path):
     d = dataset_path("nst_images", "classic")
     res = st.run_style_transfer(d / "louvre_small.jpg", d / "monet.jpg", tmp_path / "o.png",
-                                size=(W, H), iterations=3, save_every=0, progress=False)
+                                size=(W, H), iterations=3, save_every=0)
     assert Path(res["output"]).is_file() and res["checkpoints"] == []
     assert len(res["history"]["J"]) == 3
 
@@ -274,20 +273,20 @@ def test_missing_and_unreadable_images(image_files, tmp_path):
     content, style = image_files
     out_dir = tmp_path / "never"
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        st.run_style_transfer(tmp_path / "nope.jpg", style, out_dir / "o.png", size=(W, H), progress=False)
+        st.run_style_transfer(tmp_path / "nope.jpg", style, out_dir / "o.png", size=(W, H))
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8 this is not a jpeg")
     with pytest.raises(ValueError, match="corrupt.jpg"):
-        st.run_style_transfer(content, bad, out_dir / "o.png", size=(W, H), progress=False)
+        st.run_style_transfer(content, bad, out_dir / "o.png", size=(W, H))
     with pytest.raises(ValueError, match=r"\.png"):
-        st.run_style_transfer(content, style, out_dir / "o.gif", size=(W, H), progress=False)
+        st.run_style_transfer(content, style, out_dir / "o.gif", size=(W, H))
     _assert_nothing_written(out_dir)
 
 
 def test_size_too_small_names_minimum(image_files, tmp_path):
     content, style = image_files
     with pytest.raises(ValueError, match="at least 16x16"):
-        st.run_style_transfer(content, style, tmp_path / "x" / "o.png", size=(40, 12), progress=False)
+        st.run_style_transfer(content, style, tmp_path / "x" / "o.png", size=(40, 12))
     with pytest.raises(ValueError, match="at least 16x16"):
         st.build_feature_extractor(None, input_shape=(15, 40, 3))
     _assert_nothing_written(tmp_path / "x")
@@ -315,11 +314,10 @@ def test_wrong_weights_files(image_files, tmp_path):
     garbage = tmp_path / "garbage.h5"
     garbage.write_bytes(b"not hdf5 at all")
     with pytest.raises(ValueError, match="garbage.h5"):
-        st.run_style_transfer(content, style, tmp_path / "o" / "o.png", size=(W, H), weights=str(garbage),
-                              progress=False)
+        st.run_style_transfer(content, style, tmp_path / "o" / "o.png", size=(W, H), weights=str(garbage))
     with pytest.raises(FileNotFoundError, match="missing.h5"):
         st.run_style_transfer(content, style, tmp_path / "o" / "o.png", size=(W, H),
-                              weights=str(tmp_path / "missing.h5"), progress=False)
+                              weights=str(tmp_path / "missing.h5"))
     _assert_nothing_written(tmp_path / "o")
 
 
@@ -363,7 +361,7 @@ def test_keras_model_file_with_user_layers(tmp_path):
                                     input_shape=(24, 32, 3))
     assert [tuple(o.shape) for o in ex.outputs] == [(None, 24, 32, 4), (None, 12, 16, 8), (None, 12, 16, 8)]
     content = np.random.default_rng(0).integers(0, 256, (24, 32, 3)).astype(np.uint8)
-    res = st.optimize_image(content, content[::-1].copy(), ex, iterations=3, style_layers=layers, progress=False)
+    res = st.optimize_image(content, content[::-1].copy(), ex, iterations=3, style_layers=layers)
     assert len(res["history"]["J"]) == 3
     with pytest.raises(ValueError, match="block4_conv2"):
         st.build_feature_extractor(str(path), input_shape=(24, 32, 3))  # default VGG names absent
@@ -391,7 +389,7 @@ def test_package_layout_one_concern_a_module():
 
     files = sorted(PACKAGE_DIR.glob("*.py"))
     assert {f.stem for f in files} >= {"__init__", "costs", "network", "vgg_weights", "images", "optimize",
-                                       "report", "runner", "console"}
+                                       "report", "runner"}
     for f in files:
         text = f.read_text()
         assert len(text.splitlines()) < 500, f
@@ -399,11 +397,10 @@ def test_package_layout_one_concern_a_module():
         mods = _imported_modules(tree)
         # models/ sits below components/ and pipeline/: it never imports them.
         assert not {m for m in mods if m.split(".")[0] in ("components", "pipeline")}, (f, mods)
-        # Console output lives in console.py alone (shown only when a caller asks, progress=True).
+        # No console output in models/: callers display progress through on_step.
         calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
         assert "print" not in calls, f
-        if f.stem != "console":
-            assert not {m for m in mods if m.split(".")[0] in ("rich", "click")}, (f, mods)
+        assert not {m for m in mods if m.split(".")[0] in ("rich", "click")}, (f, mods)
     # The course's maths needs neither files, plots nor the network.
     costs_mods = _imported_modules(ast.parse((PACKAGE_DIR / "costs.py").read_text()))
     assert costs_mods <= {"__future__", "typing", "numpy", "keras"}, costs_mods

@@ -1,14 +1,6 @@
-"""The terminal display a caller gets by passing ``progress=True`` to
-:func:`~models.style_transfer.optimize.optimize_image` or
-:func:`~models.style_transfer.runner.run_style_transfer`: a rich progress bar with the costs,
-and one line naming the feature extractor's weights, both on stderr.
-
-This is the only module of the package that writes to the terminal, and only when a caller
-asks for it; the costs, the loop and the runner return values and take callbacks
-(``on_step``, ``on_checkpoint``) instead. The pipeline component passes ``progress=False``
-and shows progress through its own context and logger. With ``progress=False`` nothing here
-is imported (nor is rich).
-"""
+"""``stylize``'s terminal display: a rich progress bar with the costs, fed by
+``run_style_transfer``'s ``on_step`` callback, and one line naming the feature extractor's
+weights, both on stderr (models/ prints nothing)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
