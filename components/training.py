@@ -146,6 +146,9 @@ class EpochLog(keras.callbacks.Callback):
                                  self.ctx.component_id, self.phase, start + 1)
         # a resumed fit replays nothing before `start`; a restart from scratch drops the old tail
         self.history = {k: v[:start] for k, v in self.history.items()}
+        for epoch in range(start):  # this run's tracker gets the interrupted runs' epochs too
+            self.ctx.tracker.log_metrics({k: v[epoch] for k, v in self.history.items()
+                                          if epoch < len(v) and not math.isnan(v[epoch])}, step=epoch)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.time()

@@ -32,6 +32,10 @@ def main():
       python -m pipeline run --set train.epochs=5 change a param: only what depends on it reruns
       python -m pipeline list                     past executions
       python -m pipeline ui                       browse runs and registered models
+
+    \b
+    Exit status (every command): 0 ok; 1 a component, data or model failure; 2 a usage or
+    configuration error; 130 interrupted (Ctrl-C: a rerun resumes, the cache keeps what finished).
     """
 
 
@@ -54,16 +58,35 @@ def run(pipeline_file, only, from_, to, no_cache, overrides, no_tracking, quiet)
     except ConfigError as e:
         _fail(f"invalid pipeline:\n{e}", 2)
     _quiet_libraries()
-    from pipeline.runner import PipelineError, Runner
+    from pipeline.runner import Interrupted, PipelineError, Runner
 
     console = None if quiet else _console()
+    _second_ctrl_c_exits_at_once()
     try:
         result = Runner(p, console=console, show_progress=not quiet, tracking=not no_tracking).run(
             only=list(only) or None, from_=from_, to=to, no_cache=no_cache)
     except PipelineError as e:
         _fail(str(e), 2)
+    except Interrupted as e:
+        _fail(str(e), 130)
     _print_summary(result, p)
     sys.exit(0 if result.ok else 1)
+
+
+def _second_ctrl_c_exits_at_once():
+    """The first Ctrl-C stops the run cleanly (records and MLflow runs marked, one line); a
+    second one while that happens exits at once."""
+    import os
+    import signal
+
+    def second(signum, frame):
+        os._exit(130)
+
+    def first(signum, frame):
+        signal.signal(signal.SIGINT, second)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first)
 
 
 def _print_summary(result, p):
@@ -111,14 +134,21 @@ def list_cmd(pipeline_file, root, limit, run_id):
     from pipeline.config import ConfigError, load_pipeline
     from pipeline.store import ArtifactStore
 
+    tracking_uri = None
     if root is None:
         try:
-            root = load_pipeline(pipeline_file).root
+            p = load_pipeline(pipeline_file)
         except ConfigError as e:
             _fail(str(e), 2)
+        root, tracking_uri = p.root, p.tracking_uri
     # a fresh clone (nothing has run yet) is not an error
-    rows = (ArtifactStore(Path(root)).executions(limit=limit, pipeline_run=run_id)
-            if (Path(root) / "executions.db").exists() else [])
+    rows = []
+    if (Path(root) / "executions.db").exists():
+        from pipeline.runner import reap_dead
+
+        store = ArtifactStore(Path(root))
+        reap_dead(store, tracking_uri)  # nothing shows `running` after its process died
+        rows = store.executions(limit=limit, pipeline_run=run_id)
     if not rows and run_id:
         _fail(f"no executions of pipeline run {run_id} under {root}", 1)
     if not rows:

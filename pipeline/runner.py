@@ -21,6 +21,39 @@ class PipelineError(Exception):
     pass
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a run: what was running, and the last finished epoch of a training."""
+
+    def __init__(self, component: str | None, epoch: int | None):
+        self.component, self.epoch = component, epoch
+        where = f" during {component}" if component else ""
+        at = f" at epoch {epoch}" if epoch else ""
+        super().__init__(f"interrupted{where}{at}; `python -m pipeline run` resumes from there")
+
+
+def reap_dead(store: ArtifactStore, tracking_uri: str | None) -> list[dict]:
+    """Executions whose process died while running: marked killed, their MLflow runs KILLED."""
+    dead = store.reap_dead_owners()
+    if dead and tracking_uri:
+        from pipeline.tracking import end_dead_runs
+
+        end_dead_runs(tracking_uri, [r[k] for r in dead for k in ("mlflow_run_id", "mlflow_parent_run_id") if r.get(k)])
+    return dead
+
+
+def _last_epoch(work_dir: Path) -> int | None:
+    """The last epoch a Trainer finished (its epoch log in the work folder), if any."""
+    import json
+
+    best = None
+    for f in work_dir.glob("history-*.json"):
+        try:
+            best = max(best or 0, len(json.loads(f.read_text()).get("loss", [])))
+        except (OSError, ValueError):
+            continue
+    return best
+
+
 @dataclass
 class Execution:
     component: str
@@ -77,6 +110,12 @@ def _component_logger(log_path: Path, cid: str, console=None) -> logging.Logger:
         rh.setFormatter(logging.Formatter(f"[{cid}] %(message)s"))
         logger.addHandler(rh)
     return logger
+
+
+def _log_to_file_only(logger: logging.Logger, msg: str, *args) -> None:
+    for h in logger.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(logger.makeRecord(logger.name, logging.WARNING, __file__, 0, msg, args, None))
 
 
 def _close_logger(logger: logging.Logger) -> None:
@@ -151,6 +190,10 @@ class Runner:
         p = self.pipeline
         selected = select_components(p, only, from_, to)
         keys = self._all_keys = self._keys()
+        dead = reap_dead(self.store, p.tracking_uri if self.tracking_enabled else None)
+        if dead and self.console is not None:
+            self.console.print(f"[yellow]{len(dead)} execution(s) whose process died were marked killed: "
+                               f"{', '.join(sorted({r['component'] for r in dead}))}[/]")
         self.store.clean_stale()
         execs = {cid: Execution(cid, p.components[cid].type) for cid in selected}
 
@@ -176,8 +219,10 @@ class Runner:
             "pipeline": p.config.name, "pipeline_run": run_id, "pipeline_file": str(p.path.resolve()),
             "selection": ",".join(selected)}) if tracking else None
 
+        self._parent_id = parent_id
         view = _StatusView(self.console, execs) if self.console is not None else None
         failed_or_skipped: set[str] = set()
+        end_status = None
         try:
             if view:
                 view.start()
@@ -195,11 +240,16 @@ class Runner:
                 self._execute(cid, keys[cid], ex, run_id, tracking, no_cache, view)
                 if ex.status == "failed":
                     failed_or_skipped.add(cid)
+        except KeyboardInterrupt:
+            end_status = "KILLED"
+            running = next((c for c, e in execs.items() if e.status == "killed"), None)
+            epoch = _last_epoch(self.store.root / running / ".work" / keys[running][0]) if running else None
+            raise Interrupted(running, epoch) from None
         finally:
             if view:
                 view.stop()
             if tracking:
-                tracking.end_parent("FINISHED" if not failed_or_skipped else "FAILED")
+                tracking.end_parent(end_status or ("FINISHED" if not failed_or_skipped else "FAILED"))
         return RunResult(run_id, execs, parent_id)
 
     def _inputs_for(self, cid: str, keys) -> dict[str, Path]:
@@ -215,7 +265,8 @@ class Runner:
         params_json = comp.params.model_dump(mode="json")
         tags = {"component": cid, "component_type": comp.type, "cache_key": key, "pipeline_run": run_id}
         row = self.store.record_start(pipeline_run=run_id, pipeline=p.config.name, component=cid, type=comp.type,
-                                      cache_key=key, status="running", cache_hit=0, started=time.time())
+                                      cache_key=key, status="running", cache_hit=0, started=time.time(),
+                                      mlflow_parent_run_id=getattr(self, "_parent_id", None))
         hit = None if no_cache else self.store.lookup(cid, key)
         t0 = time.time()
         if hit is not None:
@@ -246,6 +297,7 @@ class Runner:
             with (tracking.child(cid, {**tags, "cache_hit": "false"}) if tracking else _null_tracker()) as tr:
                 ex.mlflow_run_id = getattr(tr, "run_id", None)
                 if tr is not None:
+                    self.store.record_update(row, mlflow_run_id=ex.mlflow_run_id)  # a later run can end it
                     tr.log_params(params_json)
                 result = execute_component(
                     comp.type, comp.params, inputs, tmp, work_dir=self.store.work_dir(cid, key), logger=logger,
@@ -270,14 +322,19 @@ class Runner:
                                      artifact_dir=str(ex.dir))
         except BaseException as e:  # noqa: BLE001 - record the failure, then decide whether to re-raise
             self.store.abort(tmp)
-            ex.status, ex.duration = "failed", time.time() - t0
+            ex.duration = time.time() - t0
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                ex.status, ex.error = "killed", "interrupted"
+                _log_to_file_only(logger, "%s interrupted after %.1fs", cid, ex.duration)
+                self.store.record_update(row, status="killed", duration=ex.duration, error=ex.error,
+                                         mlflow_run_id=ex.mlflow_run_id)
+                raise
+            ex.status = "failed"
             ex.error = str(e) if isinstance(e, ComponentError) else f"{type(e).__name__}: {e}"
             logger.error("%s failed: %s\n%s", cid, ex.error, traceback.format_exc())
             ex.error += f"  (log: {log_path})"
             self.store.record_update(row, status="failed", duration=ex.duration, error=ex.error,
                                      mlflow_run_id=ex.mlflow_run_id)
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
         finally:
             _close_logger(logger)
             if view:
@@ -308,7 +365,8 @@ class _null_tracker:
 
 
 _STYLE = {"pending": ("·", "dim"), "running": ("▶", "bold yellow"), "done": ("✔", "green"),
-          "cached": ("↺", "cyan"), "failed": ("✘", "bold red"), "skipped": ("–", "magenta")}
+          "cached": ("↺", "cyan"), "failed": ("✘", "bold red"), "skipped": ("–", "magenta"),
+          "killed": ("✘", "bold magenta")}
 
 
 class _StatusView:

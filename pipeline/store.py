@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ CREATE TABLE IF NOT EXISTS executions (
     status TEXT, cache_hit INTEGER, started REAL, duration REAL,
     mlflow_run_id TEXT, artifact_dir TEXT, error TEXT
 )"""
+# Added later: who owns a running execution (so the next run can tell live work from dead) and
+# the pipeline run's MLflow parent (to end it as KILLED when its process died).
+_OWNER_COLUMNS = {"owner_pid": "INTEGER", "owner_host": "TEXT", "mlflow_parent_run_id": "TEXT"}
 
 
 class ArtifactStore:
@@ -39,6 +43,10 @@ class ArtifactStore:
         self._db_path = self.root / "executions.db"
         with self._db() as db:
             db.execute(_SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(executions)")}
+            for col, kind in _OWNER_COLUMNS.items():
+                if col not in have:
+                    db.execute(f"ALTER TABLE executions ADD COLUMN {col} {kind}")
 
     # -- index ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -52,6 +60,8 @@ class ArtifactStore:
             db.close()
 
     def record_start(self, **row: Any) -> int:
+        """A new execution row, owned by this process (pid and host recorded)."""
+        row = {"owner_pid": os.getpid(), "owner_host": socket.gethostname(), **row}
         cols = ", ".join(row)
         with self._db() as db:
             cur = db.execute(f"INSERT INTO executions ({cols}) VALUES ({', '.join('?' * len(row))})",
@@ -72,6 +82,21 @@ class ArtifactStore:
             else:
                 rows = db.execute("SELECT * FROM executions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) for r in rows]
+
+    def reap_dead_owners(self) -> list[dict]:
+        """Mark ``killed`` every execution still ``running`` whose owning process is gone (same
+        host, pid not alive or reused by a younger process). Returns the rows it marked, so the
+        caller can end their MLflow runs. Executions owned by another host are left alone."""
+        host = socket.gethostname()
+        with self._db() as db:
+            db.row_factory = sqlite3.Row
+            rows = [dict(r) for r in db.execute("SELECT * FROM executions WHERE status = 'running'")]
+        dead = [r for r in rows if r.get("owner_host") in (host, None)
+                and not owner_alive(r.get("owner_pid"), r.get("started") or 0.0)]
+        for r in dead:
+            self.record_update(r["id"], status="killed",
+                               error=f"its process ({r.get('owner_pid') or 'unknown'} on {host}) ended before it did")
+        return dead
 
     # -- artifacts -----------------------------------------------------------------------
     def final_dir(self, component_id: str, key: str) -> Path:
@@ -139,6 +164,27 @@ class ArtifactStore:
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
         return n
+
+
+def owner_alive(pid: int | None, started: float) -> bool:
+    """Whether process ``pid`` is alive and is the one that started at ``started`` (a pid reused
+    by a process that started later is not the owner)."""
+    if not pid or not _pid_alive(int(pid)):
+        return False
+    begun = _process_start_time(int(pid))
+    return begun is None or begun <= started + 5.0
+
+
+def _process_start_time(pid: int) -> float | None:
+    """Epoch seconds when ``pid`` started (Linux /proc), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _pid_alive(pid: int) -> bool:

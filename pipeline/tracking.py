@@ -112,5 +112,27 @@ class TrackingSession:
         try:
             yield MlflowTracker(run.info.run_id)
             status = "FINISHED"
+        except (KeyboardInterrupt, SystemExit):
+            status = "KILLED"
+            raise
         finally:
             self.mlflow.end_run(status=status)
+
+
+def end_dead_runs(uri: str, run_ids: list[str]) -> int:
+    """End as KILLED the MLflow runs (children and parents of executions whose process died)
+    that are still RUNNING. Returns how many it ended."""
+    if not run_ids or (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()):
+        return 0
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    n = 0
+    for rid in dict.fromkeys(run_ids):
+        try:
+            if client.get_run(rid).info.status == "RUNNING":
+                client.set_terminated(rid, status="KILLED")
+                n += 1
+        except Exception:  # a run deleted by hand, another tracking store: nothing to end
+            continue
+    return n
