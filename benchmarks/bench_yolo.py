@@ -135,20 +135,26 @@ def _pipeline_numbers(eval_dir: str) -> dict:
     import json
     from pathlib import Path
 
+    from components.artifacts import Evaluation, ModelInfo
+    from components.base import ComponentError
+
     d = Path(eval_dir)
-    ev = d / "evaluation" if (d / "evaluation").is_dir() else d
-    m = json.loads((ev / "metrics.json").read_text())
-    out = {"evaluation": str(ev), "split": m["split"], "num_images": m["num_images"],
+    ev = Evaluation.load(d / "evaluation" if (d / "evaluation").is_dir() else d)
+    m = ev.metrics
+    out = {"evaluation": str(ev.path), "split": m["split"], "num_images": m["num_images"],
            "coco": {k: m["coco"].get(k) for k in ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large",
                                                    "AR_100", "per_class_AP50", "implementation", "version")},
            "voc_mAP_50_all": m["voc"]["mAP_all"], "voc_mAP_50_11pt": m["voc"]["mAP_11"],
            "voc_per_class_ap_all": {k: v["ap_all"] for k, v in m["voc"]["per_class"].items()},
            "timings": m["timings"]}
-    meta_path = ev.parent / "metadata.json"
+    meta_path = ev.path.parent / "metadata.json"  # the execution's record (not an artifact): names the model input
     if meta_path.exists():
         model_dir = json.loads(meta_path.read_text()).get("inputs", {}).get("model")
-        if model_dir and (Path(model_dir) / "model_info.json").exists():
-            info = json.loads((Path(model_dir) / "model_info.json").read_text())
+        try:
+            info = ModelInfo.read(model_dir) if model_dir else None
+        except ComponentError:  # the model folder is gone or not a model
+            info = None
+        if info is not None:
             out["train"] = {k: info.get(k) for k in ("model", "image_size", "grid", "epochs_run", "best_epoch",
                                                       "train_seconds", "images_per_second", "anchor_mean_iou",
                                                       "params")}

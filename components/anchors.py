@@ -17,7 +17,6 @@ component's for the same ``k`` and ``seed``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import Field
@@ -45,22 +44,22 @@ def compute_anchors(wh, k: int, seed: int = 0):
 
 
 def boxes_wh_from_examples(examples: Path, split: str):
-    """(N, 2) normalised box widths/heights of one split's TFRecords."""
+    """(N, 2) normalised box widths/heights of one split's TFRecords (parsed with the shared
+    feature spec; the images are not decoded)."""
     import numpy as np
     import tensorflow as tf
 
-    from data.tfrecord import split_files
+    from components.artifacts import Examples
+    from data.tfrecord import BOX_SIDES, feature_spec
 
-    files = split_files(examples, split)
+    files = Examples.load(examples).files(split)
     if not files:
         raise ComponentError(f"Anchors: no TFRecords for split {split!r} in {examples}")
-    spec = {k: tf.io.VarLenFeature(tf.float32) for k in
-            ("image/object/bbox/xmin", "image/object/bbox/ymin", "image/object/bbox/xmax", "image/object/bbox/ymax")}
+    spec = feature_spec(boxes=True)
     out = []
     for rec in tf.data.TFRecordDataset(files):
         f = tf.io.parse_single_example(rec, spec)
-        x0, y0, x1, y1 = (tf.sparse.to_dense(f[f"image/object/bbox/{n}"]).numpy()
-                          for n in ("xmin", "ymin", "xmax", "ymax"))
+        x0, y0, x1, y1 = (tf.sparse.to_dense(f[f"image/object/bbox/{s}"]).numpy() for s in BOX_SIDES)
         out.append(np.stack([x1 - x0, y1 - y0], axis=1))
     return np.concatenate(out) if out else np.zeros((0, 2))
 
@@ -86,8 +85,10 @@ def _plot(wh, anchors, path: Path, mean_iou: float) -> None:
 def run(ctx, inputs, params: AnchorsParams):
     import numpy as np
 
+    from components.artifacts import Anchors, Statistics
+
     if "statistics" in inputs:
-        stats = json.loads((Path(inputs["statistics"]) / "statistics.json").read_text())
+        stats = Statistics.load(inputs["statistics"]).data
         split_stats = stats.get("splits", {}).get(params.split)
         if split_stats is None:
             raise ComponentError(f"Anchors: split {params.split!r} not in the statistics "
@@ -112,9 +113,9 @@ def run(ctx, inputs, params: AnchorsParams):
         result["per_k"] = {str(k): compute_anchors(wh, k, params.seed)[1]
                            for k in range(1, min(max(params.k, 9), len(wh)) + 1)}
     out = ctx.outputs["anchors"]
-    (out / "anchors.json").write_text(json.dumps(result, indent=2))
+    path = Anchors(Path(out), result).save()
     _plot(wh, anchors, out / "anchors.png", mean_iou)
-    ctx.tracker.log_artifact(out / "anchors.json")
+    ctx.tracker.log_artifact(path)
     ctx.tracker.log_artifact(out / "anchors.png", "plots")
     ctx.logger.info("%d anchors from %d %s boxes: mean best IoU %.3f; %s", params.k, len(wh), params.split, mean_iou,
                     ", ".join(f"{w:.3f}x{h:.3f}" for w, h in anchors))

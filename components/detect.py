@@ -29,15 +29,15 @@ def _load_any_detector(model: str, tracking_uri: str, classes_file, anchors_file
         except (FileNotFoundError, ValueError) as e:
             raise ComponentError(str(e)) from None
         return "course", net, names, anchors, (input_size, input_size)
-    from components.predict import PredictError, load_classifier
+    from components.model_uri import ModelNotFound, load_model_and_info
 
     try:
-        net, info = load_classifier(model, tracking_uri)
-    except PredictError as e:
+        net, info = load_model_and_info(model, tracking_uri)
+    except ModelNotFound as e:
         raise ComponentError(str(e)) from None
-    if info.get("task") != "detection":
-        raise ComponentError(f"{model}: a {info.get('task')} model, not a detector (use `python -m pipeline predict`)")
-    return "pipeline", net, list(info["classes"]), np.asarray(info["anchors"], np.float32), tuple(info["image_size"])
+    if info.task != "detection":
+        raise ComponentError(f"{model}: a {info.task} model, not a detector (use `python -m pipeline predict`)")
+    return "pipeline", net, list(info.classes), np.asarray(info.get("anchors"), np.float32), tuple(info.image_size)
 
 
 def detect_images(model: str, images: list[str], out_dir, *, score_threshold: float = 0.3,
@@ -50,9 +50,11 @@ def detect_images(model: str, images: list[str], out_dir, *, score_threshold: fl
     NMS, ``max_boxes``); a pipeline detector with the batched per-class decoder."""
     import numpy as np
 
+    from components.tasks.detection import describe
     from data.records import BadRecord, read_image_file
-    from models.yolo import decode_predictions, yolo_eval, yolo_head
+    from models.yolo import yolo_eval, yolo_head
     from models.yolo.draw import draw_boxes, fit_image
+    from models.yolo.inference import detect, detection_dicts
 
     kind, net, names, anchors, (h, w) = _load_any_detector(model, tracking_uri, classes_file, anchors_file, input_size)
     out_dir = Path(out_dir)
@@ -66,25 +68,19 @@ def detect_images(model: str, images: list[str], out_dir, *, score_threshold: fl
             echo(f"{path}: {e.reason}")
             continue
         fitted, unmap = fit_image(img, (h, w), resize)
+        best = None
         if kind == "course":
             raw = net(fitted[None].astype(np.float32) / 255.0, training=False)
             scores, boxes, classes = yolo_eval(yolo_head(raw, anchors, len(names)), image_shape=(1.0, 1.0),
                                                max_boxes=max_boxes, score_threshold=score_threshold,
                                                iou_threshold=iou_threshold)
-            yxyx = np.asarray(boxes).reshape(-1, 4)
-            rel = yxyx[:, [1, 0, 3, 2]]
+            rel = np.asarray(boxes).reshape(-1, 4)[:, [1, 0, 3, 2]]  # the course's yxyx -> xyxy
             scores, classes = np.asarray(scores).reshape(-1), np.asarray(classes).reshape(-1)
-        else:
-            raw = net(fitted[None], training=False)
-            dec = decode_predictions(raw, anchors, len(names), score_threshold=score_threshold,
-                                     iou_threshold=iou_threshold, max_detections=max_boxes)
-            n = int(dec["num_detections"][0])
-            rel = np.asarray(dec["boxes"][0])[:n]
-            scores, classes = np.asarray(dec["scores"][0])[:n], np.asarray(dec["classes"][0])[:n]
-        px = unmap(rel)
-        dets = [{"class": names[int(c)], "label": int(c), "score": round(float(s), 4),
-                 "box": [round(float(v), 1) for v in b]} for b, s, c in zip(px, scores, classes)]
-        dets.sort(key=lambda d: -d["score"])
+        else:  # the detection task's decoder (per-class NMS), as predict and the BulkInferrer use it
+            det = detect(net, fitted[None], anchors, len(names), score_threshold=score_threshold,
+                         iou_threshold=iou_threshold, max_detections=max_boxes)[0]
+            rel, scores, classes, best = det["boxes"], det["scores"], det["labels"], det["best_score"]
+        dets = detection_dicts(unmap(rel), scores, classes, names, box_digits=1, score_digits=4)
         stem = Path(path).stem
         name = stem if stem not in used else f"{stem}_{len(rows)}"
         used.add(name)
@@ -92,10 +88,8 @@ def detect_images(model: str, images: list[str], out_dir, *, score_threshold: fl
         draw_boxes(img, dets, names, drawn)
         rows.append({"image": path, "width": int(img.shape[1]), "height": int(img.shape[0]), "output": str(drawn),
                      "detections": dets})
-        echo(f"Found {len(dets)} boxes for {path}")
-        for d in dets:
-            x1, y1, x2, y2 = (int(round(v)) for v in d["box"])
-            echo(f"  {d['class']} {d['score']:.2f} ({x1}, {y1}) ({x2}, {y2})")
+        for line in describe(dets, best, f" for {path}"):
+            echo(line)
     meta = {"model": model, "kind": kind, "classes": names, "input_size": [h, w], "resize": resize,
             "score_threshold": score_threshold, "iou_threshold": iou_threshold, "max_boxes": max_boxes,
             "nms": "class-agnostic (the course's yolo_eval)" if kind == "course" else "per class",

@@ -58,6 +58,22 @@ def test_detect_with_a_trained_model_folder(model_and_images, tmp_path):
         for d in row["detections"]:
             x1, y1, x2, y2 = d["box"]
             assert 0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 96 and d["class"] in res["classes"]
+    # The same decoding as the BulkInferrer and `predict`: the boxes are the detection task's, mapped
+    # back from the model's 64 x 64 input to the 96 x 96 image.
+    from components.model_uri import load_model_and_info
+    from components.tasks.detection import DetectionTask
+
+    net, info = load_model_and_info(str(model_dir))
+    fitted = np.asarray(Image.open(images[0]).convert("RGB").resize((64, 64), Image.BICUBIC))
+    predict = DetectionTask().predictor(net, info, score_threshold=0.0, iou_threshold=0.5, max_boxes=5)
+    rows = predict(fitted[None], ["a"])
+    np.testing.assert_allclose([d["box"] for d in res["images"][0]["detections"]],
+                               [np.asarray(d["box"]) * 1.5 for d in rows[0]["detections"]], atol=0.2)
+    # Nothing above the cut: say how high the scores went and how to lower it.
+    r = _cli("detect", "--model", str(model_dir), str(images[0]), "--out", str(tmp_path / "none"),
+             "--score-threshold", "1.0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Found 0 boxes for" in r.stdout and "highest score seen" in r.stdout and "--score-threshold" in r.stdout
 
 
 def test_missing_image_is_an_error(tmp_path):
