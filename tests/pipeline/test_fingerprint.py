@@ -105,9 +105,10 @@ def test_code_closure_follows_imports_without_importing_them():
     import subprocess
     import sys
 
-    code = ("import sys; from pipeline import fingerprint as fp; _, m = fp.code_fingerprint(['components.trainer']); "
+    code = ("import sys; from pipeline import fingerprint as fp; _, m = fp.code_fingerprint(['components.trainer', 'components.tasks.classification']); "
             "print(sorted(m)); print('keras' in sys.modules, 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
     mods, imported = out.strip().splitlines()
-    assert "'data.tfrecord'" in mods and "'models.preprocessing'" in mods and "tensorflow" not in mods
+    assert "'data.tfrecord'" in mods and "'models.preprocessing'" in mods and "'components.training'" in mods
+    assert "tensorflow" not in mods
     assert imported == "False False"
