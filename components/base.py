@@ -38,6 +38,11 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
+    def local_paths(self) -> dict[str, str]:
+        """The local files and folders these params name, by dotted key (``source.path``,
+        ``init_weights``), as the component will open them: ``validate`` checks they exist."""
+        return {}
+
 
 class ComponentError(Exception):
     """A failure the user can act on (bad data, failed validation): shown without a traceback."""

@@ -33,6 +33,10 @@ class EvaluatorParams(Params):
     # the model's task is known.
     task_params: dict[str, Any] = Field(default_factory=dict)
 
+    def local_paths(self) -> dict[str, str]:
+        f = self.task_params.get("pairs_file")
+        return {"task_params.pairs_file": f} if isinstance(f, str) else {}
+
 
 def resolve_baseline(params: EvaluatorParams, tracking_uri: str, input_fingerprints: dict[str, str]) -> dict:
     """The baseline this evaluation compares with, fixed when the pipeline run starts:

@@ -95,6 +95,13 @@ class ExampleGenParams(Params):
     def resolve_paths(self, base_dir) -> None:
         self.source.resolve_paths(base_dir)
 
+    def local_paths(self) -> dict[str, str]:
+        if isinstance(self.source.path, list):
+            return {f"source.path.{i}": p for i, p in enumerate(self.source.path)}
+        if self.source.path and not self.source.format.startswith("synthetic"):  # generated data writes its folder
+            return {"source.path": self.source.path}
+        return {}
+
     def split_names(self) -> list[str]:
         names = set()
         if self.split_map:

@@ -102,6 +102,14 @@ class StyleTransferParams(Params):
         if self.weights is not None and self.weights != "imagenet":
             self.weights = fix(self.weights)
 
+    def local_paths(self) -> dict[str, str]:
+        from data.style_images import is_builtin
+
+        out = {k: getattr(self, k) for k in ("content", "style") if not is_builtin(getattr(self, k))}
+        if self.weights is not None and not _is_random(self.weights) and self.weights != "imagenet":
+            out["weights"] = self.weights
+        return out
+
 
 def _external(params: StyleTransferParams) -> list[str]:
     """The files the result depends on outside the artifact store: changing an image (or a

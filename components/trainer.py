@@ -76,6 +76,10 @@ class TrainerParams(Params):
         validate_task_params(get_entry(self.model).task, "Train", self.task_params)
         return self
 
+    def local_paths(self) -> dict[str, str]:
+        w = self.init_weights
+        return {"init_weights": w} if w and w != "imagenet" and not w.startswith("models:/") else {}
+
     @property
     def task(self) -> str:
         from models.registry import get_entry

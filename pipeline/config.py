@@ -247,6 +247,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
             continue
         if hasattr(params, "resolve_paths"):
             params.resolve_paths(path.resolve().parent)
+        for key, local in params.local_paths().items():
+            if not Path(local).expanduser().exists():
+                loc = ("components", cid, "params", *[int(k) if k.isdigit() else k for k in key.split(".")])
+                errors.append(f"{_where(path, data, loc, applied)}: no such file or folder: {local}")
         resolved[cid] = ResolvedComponent(id=cid, type=comp.type, params=params, inputs={})
 
     for cid, comp in config.components.items():

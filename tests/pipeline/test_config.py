@@ -136,7 +136,43 @@ def test_relative_source_path_is_relative_to_the_file(tmp_path):
 
 
 def test_default_pipeline_yaml_is_valid():
+    import yaml
+
     from tests.conftest import PROJECT_ROOT
 
     p = load_pipeline(PROJECT_ROOT / "pipeline.yaml")
-    assert len(p.order) >= 7
+    declared = yaml.safe_load((PROJECT_ROOT / "pipeline.yaml").read_text())["components"]
+    assert sorted(p.order) == sorted(declared) and len(p.order) == 26
+    for cid, comp in p.components.items():  # every producer comes before its consumers
+        assert all(p.order.index(prod) < p.order.index(cid) for prod, _ in comp.inputs.values())
+
+
+def _configs():
+    from tests.conftest import PROJECT_ROOT
+
+    return sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", _configs(), ids=lambda p: p.name)
+def test_every_shipped_config_validates(config):
+    """Each config of configs/ validates, its data paths included (they point at the real
+    datasets, which a fresh machine may not have: skipped then)."""
+    from tests.conftest import DATASETS
+
+    if "shared/datasets" in config.read_text() and not DATASETS.exists():
+        pytest.skip(f"{config.name} names datasets that are not on this machine")
+    assert load_pipeline(config).order
+
+
+def test_missing_data_path_names_the_key_and_line(tmp_path):
+    text = GOOD.replace("{format: synthetic_signs, options: {num_examples: 30}}",
+                        "{format: image_folder, path: no_such_folder}")
+    msg = error_of(tmp_path, text)
+    assert "pipeline.yaml:7: components.gen.params.source.path: no such file or folder" in msg
+    assert "no_such_folder" in msg
+
+
+def test_missing_init_weights_file_fails_validation(tmp_path):
+    msg = error_of(tmp_path, GOOD.replace("params: {model: signs_cnn, epochs: 2}",
+                                         "params: {model: signs_cnn, epochs: 2, init_weights: gone.keras}"))
+    assert "components.train.params.init_weights: no such file or folder: gone.keras" in msg
