@@ -216,8 +216,6 @@ def component(component_type, inputs, params, params_file, out, tracking_uri):
 @click.option("--backend-store-uri", help="Tracking DB (default: the pipeline's).")
 def ui(pipeline_file, host, port, backend_store_uri):
     """Start the MLflow UI on the project's tracking DB and print its URL."""
-    import subprocess
-
     uri = backend_store_uri
     if uri is None:
         from pipeline.config import ConfigError, load_pipeline
@@ -235,10 +233,31 @@ def ui(pipeline_file, host, port, backend_store_uri):
         # MLflow 3.17 opens on its GenAI home page: link straight to each pipeline's training runs
         click.echo(f"  {name}: http://{host}:{port}/#/experiments/{exp_id}/runs")
     click.echo(f"  registered models: http://{host}:{port}/#/models")
-    try:
-        sys.exit(subprocess.call(cmd))
-    except KeyboardInterrupt:
-        pass
+    sys.exit(_serve_until_stopped(cmd))
+
+
+def _serve_until_stopped(cmd: list[str]) -> int:
+    """Run a server in its own process group and, on Ctrl-C or SIGTERM, stop the whole group
+    (MLflow's server starts worker processes) and wait for it: nothing is left running."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop(signum, frame):
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        sys.exit(0 if signum == signal.SIGTERM else 130)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return proc.wait()
 
 
 def _experiments(uri: str) -> list[tuple[str, str]]:
