@@ -3,7 +3,6 @@ anomalies are listed in the message and the log); warnings are recorded and the 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pydantic import Field
 
@@ -14,6 +13,9 @@ class ExampleValidatorParams(Params):
     required_splits: list[str] = Field(default_factory=lambda: ["train"])
     classes_in_every_split: bool = True
     min_examples_per_class: int = 1  # in the train split
+    # classification: fewer classes than this in the data is an error (one class trains to a
+    # constant answer that scores accuracy 1.0 and tells nothing)
+    min_classes: int = Field(2, ge=1)
     image_size: tuple[int, int] | None = None  # expected (height, width); None: the ExampleGen's
     max_leak_groups: int | None = None  # None: leaks are a warning; a number: more is an error
     fail_on_warnings: bool = False
@@ -32,6 +34,16 @@ def validate(stats: dict, params: ExampleValidatorParams) -> list[dict]:
     for s, st in splits.items():
         if st["num_examples"] == 0 and s not in params.required_splits:
             add("warning", "empty_split", f"split {s!r} is empty")
+    if stats["task"] in ("classification", "binary"):
+        classes = stats.get("classes") or []
+        if len(classes) < params.min_classes:
+            add("error", "too_few_classes", f"{len(classes)} class(es) {classes} in the data; a classifier needs at "
+                                            f"least {params.min_classes} (min_classes)")
+        train_counts = splits.get("train", {}).get("class_counts", {})
+        absent = [c for c in classes if train_counts.get(c, 0) == 0]
+        if absent and splits.get("train", {}).get("num_examples") and not params.classes_in_every_split:
+            add("error", "missing_classes", f"split 'train' has no examples of class(es) {absent}: the model "
+                                            "could never predict them")
     if stats["task"] in ("classification", "binary") and stats.get("classes"):
         classes = stats["classes"]
         for s, st in splits.items():
@@ -58,7 +70,9 @@ def validate(stats: dict, params: ExampleValidatorParams) -> list[dict]:
 
 
 def run(ctx, inputs, params: ExampleValidatorParams):
-    stats = json.loads((Path(inputs["statistics"]) / "statistics.json").read_text())
+    from components.artifacts import Statistics
+
+    stats = Statistics.load(inputs["statistics"]).data
     anomalies = validate(stats, params)
     out = ctx.outputs["anomalies"]
     (out / "anomalies.json").write_text(json.dumps({"anomalies": anomalies}, indent=2))
