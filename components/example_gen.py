@@ -75,6 +75,8 @@ class ExampleGenParams(Params):
     split_salt: str = ""
     duplicates: Literal["report", "drop_leaks", "drop_all"] = "report"
     max_bad_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    # detection: the share of all boxes that bad-box dropping (source.options.bad_boxes) may remove
+    max_dropped_box_fraction: float = Field(0.05, ge=0.0, le=1.0)
     num_shards: int = Field(1, ge=1)
 
     @field_validator("split_ratios")
@@ -122,6 +124,28 @@ def _ratio_pick(ratios: dict[str, float], token: str, salt: str) -> str:
         if u < acc:
             return name
     return items[-1][0]
+
+
+def _report_box_issues(ctx, issues: list[dict], params: ExampleGenParams, kept_boxes: int) -> None:
+    """Boxes the reader dropped or clipped: counts per issue on the console, the images listed,
+    and a failure when more than ``max_dropped_box_fraction`` of all the boxes were dropped."""
+    if not issues:
+        return
+    from collections import Counter
+
+    per = Counter((i.get("issue", "?"), i.get("action", "?")) for i in issues)
+    keys = sorted({i["key"] for i in issues})
+    ctx.logger.warning("box issues in %d image(s): %s (policy bad_boxes=%s); e.g. %s%s", len(keys),
+                       ", ".join(f"{n} {issue} -> {action}" for (issue, action), n in sorted(per.items())),
+                       params.source.options.get("bad_boxes", "drop"), ", ".join(keys[:5]),
+                       ", ..." if len(keys) > 5 else "")
+    dropped = sum(n for (_, action), n in per.items() if action == "dropped")
+    limit = params.max_dropped_box_fraction
+    if dropped and dropped / (dropped + kept_boxes) > limit:
+        raise ComponentError(f"ExampleGen: {dropped} of {dropped + kept_boxes} boxes dropped, in {len(keys)} image(s) "
+                             f"({', '.join(keys[:10])}{', ...' if len(keys) > 10 else ''}): more than "
+                             f"max_dropped_box_fraction {limit:.0%}. Fix the annotations, use source.options.bad_boxes: "
+                             "clip, or raise max_dropped_box_fraction")
 
 
 def assign_split(params: ExampleGenParams, own_split: str | None, key: str, sha: str, identity: str | None) -> str | None:
@@ -300,6 +324,13 @@ def run(ctx, inputs, params: ExampleGenParams):
                                "whole image kept" if params.face_crop.on_miss == "keep" else "bad records")
     for r in bad[:20]:
         ctx.logger.warning("bad record %s: %s", r["key"], r["reason"])
+    _report_box_issues(ctx, issues, params, sum(int(r.get("boxes") or 0) for r in summary))
+    if params.split_map:
+        present = {r.split for r in info.refs}
+        unknown = sorted(k for k in params.split_map if k not in present)
+        if unknown:
+            ctx.logger.warning("split_map names split(s) %s that the source does not have (it has: %s)", unknown,
+                               sorted(str(s) for s in present))
     if bad_fraction > params.max_bad_fraction:
         shown = "\n".join(f"  {r['key']}: {r['reason']}" for r in bad[:10])
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
@@ -324,6 +355,10 @@ def run(ctx, inputs, params: ExampleGenParams):
                                                       "leaks": leaks, "dropped": dropped}, indent=2))
     ctx.logger.info("wrote %s; %d duplicate groups (%d across splits), %d dropped, %d bad records",
                     ", ".join(f"{s}={n}" for s, n in counts.items()), len(dups), len(leaks), len(dropped), len(bad))
+    empty = [s for s, n in counts.items() if not n]
+    if empty:
+        ctx.logger.warning("split(s) %s are empty: components reading them will fail (check split_map / "
+                           "split_ratios against the source's own splits)", empty)
     ctx.tracker.log_artifact(out / "schema.json")
     ctx.tracker.log_artifact(out / "error_report.json")
     ctx.tracker.log_artifact(out / "duplicates.json")

@@ -184,3 +184,27 @@ def test_synthetic_shapes_voc_folder_round_trips(tmp_path):
     np.testing.assert_array_equal(synthetic_shapes.load(ref).image, direct[1].image)
     with pytest.raises(TypeError, match="unexpected keyword argument"):
         synthetic_shapes.list_refs(2, colour="red")
+
+
+def test_example_gen_reports_dropped_boxes_and_fails_past_the_threshold(tmp_path):
+    """Dropped boxes are on the console with counts per issue and the images named; more than
+    max_dropped_box_fraction of all boxes dropped fails the ExampleGen, naming the images."""
+    from rich.console import Console
+
+    from components.base import ComponentError
+    from pipeline.runner import run_single
+
+    objs = {f"img{i}": f"<annotation>{_obj('cat', 1, 2, 10, 12)}{_obj('dog', 3, 3, 20, 20)}</annotation>"
+            for i in range(5)}
+    objs["bad"] = f"<annotation>{_obj('cat', 9, 9, 3, 12)}{_obj('dog', -5, 3, 20, 40)}</annotation>"
+    (tmp_path / "voc").mkdir()
+    root = _voc_folder(tmp_path / "voc", objs)
+    src = {"source": {"format": "voc", "path": str(root)}, "image_size": [30, 40]}
+    console = Console(record=True, width=200)
+    with pytest.raises(ComponentError, match=r"2 of 12 boxes dropped, in 1 image\(s\) \(bad\)"):
+        run_single("ExampleGen", {}, src, tmp_path / "strict", console=console)
+    text = console.export_text()
+    assert "box issues in 1 image(s): 1 inverted -> dropped, 1 outside_image -> dropped" in text and "bad" in text
+    assert not (tmp_path / "strict").exists()
+    meta = run_single("ExampleGen", {}, {**src, "max_dropped_box_fraction": 0.2}, tmp_path / "loose")
+    assert meta["metrics"]["records"] == 6
