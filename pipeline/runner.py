@@ -249,6 +249,10 @@ class Runner:
             if view:
                 view.stop()
             if tracking:
+                hits = [c for c, e in execs.items() if e.status == "cached"]
+                tracking.tag_parent({"cache_hits": ",".join(hits), "executed": str(sum(
+                    e.status in ("done", "failed", "killed") for e in execs.values())),
+                    "replay": str(bool(hits) and len(hits) == len(execs)).lower()})
                 tracking.end_parent(end_status or ("FINISHED" if not failed_or_skipped else "FAILED"))
         return RunResult(run_id, execs, parent_id)
 
@@ -270,16 +274,11 @@ class Runner:
         hit = None if no_cache else self.store.lookup(cid, key)
         t0 = time.time()
         if hit is not None:
+            # no MLflow child run for a cache hit: the execution points at the run that made the
+            # artifact, and the parent run lists the hits (a day of reruns adds no copies)
             ex.status, ex.dir = "cached", self.store.final_dir(cid, key)
             ex.metrics = hit.get("metrics", {})
-            if tracking:
-                with tracking.child(f"{cid} (cached)", {**tags, "cache_hit": "true",
-                                                        "reused_mlflow_run": hit.get("mlflow_run_id") or "",
-                                                        "reused_pipeline_run": hit.get("pipeline_run") or ""}) as tr:
-                    tr.log_params(params_json)
-                    if ex.metrics:
-                        tr.log_metrics(ex.metrics)
-                    ex.mlflow_run_id = tr.run_id
+            ex.mlflow_run_id = hit.get("mlflow_run_id")
             ex.duration = time.time() - t0
             self.store.record_update(row, status="cached", cache_hit=1, duration=ex.duration,
                                      mlflow_run_id=ex.mlflow_run_id, artifact_dir=str(ex.dir))

@@ -1,5 +1,7 @@
 """MLflow tracking: one parent run per pipeline invocation, one nested child run per component
-execution (cache hits too, tagged and pointing at the run of the execution they reuse).
+that executes. Cache hits get no child run: the parent run's tags list them (``cache_hits``;
+``replay`` = true when nothing executed) and the execution index points at the run that made
+each reused artifact.
 
 The child run is the *active* run while a component executes, so components may also use
 MLflow's fluent API (the Pusher's `log_model`)."""
@@ -99,6 +101,10 @@ class TrackingSession:
     def start_parent(self, run_name: str, tags: dict[str, str]) -> str:
         self.parent = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=tags)
         return self.parent.info.run_id
+
+    def tag_parent(self, tags: dict[str, str]) -> None:
+        if self.parent is not None:
+            MlflowTracker(self.parent.info.run_id).set_tags(tags)
 
     def end_parent(self, status: str) -> None:
         if self.parent is not None:
