@@ -49,7 +49,8 @@ def main():
               help="Override a value: components.train.params.epochs=5, or short: train.epochs=5.")
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow (the Pusher still needs it).")
 @click.option("--quiet", is_flag=True, help="No live view or progress bars.")
-def run(pipeline_file, only, from_, to, no_cache, overrides, no_tracking, quiet):
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of failures on the console (always in the log).")
+def run(pipeline_file, only, from_, to, no_cache, overrides, no_tracking, quiet, verbose):
     """Run PIPELINE_FILE (default pipeline.yaml), all of it or a part."""
     from pipeline.config import ConfigError, load_pipeline
 
@@ -63,7 +64,7 @@ def run(pipeline_file, only, from_, to, no_cache, overrides, no_tracking, quiet)
     console = None if quiet else _console()
     _second_ctrl_c_exits_at_once()
     try:
-        result = Runner(p, console=console, show_progress=not quiet, tracking=not no_tracking).run(
+        result = Runner(p, console=console, show_progress=not quiet, tracking=not no_tracking, verbose=verbose).run(
             only=list(only) or None, from_=from_, to=to, no_cache=no_cache)
     except PipelineError as e:
         _fail(str(e), 2)

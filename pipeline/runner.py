@@ -163,8 +163,10 @@ def select_components(pipeline: Pipeline, only=None, from_=None, to=None) -> lis
 
 
 class Runner:
-    def __init__(self, pipeline: Pipeline, console=None, show_progress: bool = True, tracking: bool = True):
+    def __init__(self, pipeline: Pipeline, console=None, show_progress: bool = True, tracking: bool = True,
+                 verbose: bool = False):
         self.pipeline = pipeline
+        self.verbose = verbose
         self.console = console
         self.show_progress = show_progress
         self.tracking_enabled = tracking
@@ -330,7 +332,12 @@ class Runner:
                 raise
             ex.status = "failed"
             ex.error = str(e) if isinstance(e, ComponentError) else f"{type(e).__name__}: {e}"
-            logger.error("%s failed: %s\n%s", cid, ex.error, traceback.format_exc())
+            # one clear line on the console; the traceback goes to the log file (and, with
+            # --verbose, to the console too)
+            logger.error("%s failed: %s", cid, ex.error)
+            _log_to_file_only(logger, "%s", traceback.format_exc())
+            if self.verbose and self.console is not None:
+                self.console.print(traceback.format_exc(), markup=False, highlight=False)
             ex.error += f"  (log: {log_path})"
             self.store.record_update(row, status="failed", duration=ex.duration, error=ex.error,
                                      mlflow_run_id=ex.mlflow_run_id)

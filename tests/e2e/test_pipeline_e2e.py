@@ -179,6 +179,21 @@ def test_failure_stops_downstream_and_logs_traceback(project):
     assert ex["signs_train"]["status"] == "cached"
 
 
+def test_failure_skips_everything_downstream_in_one_line(project):
+    """A Trainer that fails (an init_weights model that is not registered) stops its Evaluator and
+    Pusher (skipped, recorded as such); the console shows the reason, not a traceback."""
+    d, y, _ = project
+    r = cli("run", str(y), "--quiet", *_set("signs_train.init_weights=models:/no-such-model@champion"), cwd=d,
+            check=False)
+    assert r.returncode == 1
+    status = {c: e["status"] for c, e in executions(d / "pipeline_root", last_run_id(r.stdout)).items()}
+    assert status["signs_train"] == "failed" and status["signs_gen"] == "cached"
+    assert "signs_eval" not in status and "signs_push" not in status  # never started
+    assert "signs_eval skipped" in r.stdout and "signs_push skipped" in r.stdout
+    assert "upstream failed: signs_train" in r.stdout
+    assert "no-such-model" in r.stdout and "Traceback" not in r.stdout + r.stderr
+
+
 def test_standalone_component(project, tmp_path):
     d, y, run_id = project
     ex = executions(d / "pipeline_root", run_id)
