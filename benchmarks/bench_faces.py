@@ -67,14 +67,12 @@ def _fixed_batches_ds(x, y, P, K, n_batches, seed):
     """The same n_batches P x K batches every epoch (for a like-for-like throughput test)."""
     import tensorflow as tf
 
+    from data.tfrecord import fixed_options
     from models.facenet import PKSampler
 
     it = iter(PKSampler(y, P, K, seed=seed))
     idx = np.stack([next(it) for _ in range(n_batches)])
-    ds = tf.data.Dataset.from_tensor_slices((x[idx], y[idx]))
-    opts = tf.data.Options()
-    opts.autotune.enabled = False
-    return ds.with_options(opts)
+    return fixed_options(tf.data.Dataset.from_tensor_slices((x[idx], y[idx])))
 
 
 def _compare_views(model, info, examples, scales) -> dict:
@@ -84,7 +82,7 @@ def _compare_views(model, info, examples, scales) -> dict:
     from components.metrics.verification import verification_report
     from components.tasks.embedding import embed, embedding_views, load_split
 
-    x, y, _, _ = load_split(examples, "test", tuple(info["image_size"]))
+    x, y, _, _ = load_split(examples, "test", info.image_size)
     flip, _ = embedding_views(info)
     out = {}
     for name, sc in (("single_scale", [1.0]), ("multi_scale", list(scales))):
@@ -102,9 +100,9 @@ def _pipeline_seeds(args) -> dict:
     """Run the face pipeline (``--pipeline-config``, up to its Evaluator) once per Trainer seed
     and report each seed's test metrics and their median: one run is one draw (run-to-run
     spread on AT&T is about +-0.015 accuracy), so a target is judged on the median."""
-    import json
     import statistics
 
+    from components.artifacts import Evaluation, ModelInfo
     from pipeline.config import load_pipeline
     from pipeline.runner import Runner
 
@@ -123,11 +121,11 @@ def _pipeline_seeds(args) -> dict:
         if not res.ok:
             bad = {c: e.error for c, e in res.executions.items() if e.status not in ("done", "cached", "reused")}
             raise SystemExit(f"pipeline run for seed {seed} failed: {bad}")
-        m = json.loads((res.executions[ev].dir / "evaluation" / "metrics.json").read_text())
-        info = json.loads((res.executions[tr].dir / "model" / "model_info.json").read_text())
+        m = Evaluation.load(res.executions[ev].dir / "evaluation").metrics
+        info = ModelInfo.read(res.executions[tr].dir / "model")
         row = {"seed": seed, **{k: m.get(k) for k in ("accuracy_mean", "accuracy_std", "roc_auc", "roc_auc_all_pairs",
                                                         "rank1_accuracy", "accuracy_at_model_threshold")},
-               "best_epoch": info.get("best_epoch"), "train_seconds": round(info.get("train_seconds", 0.0), 1),
+               "best_epoch": info.best_epoch, "train_seconds": round(info.train_seconds or 0.0, 1),
                "cached": res.executions[tr].status != "done", "wall_seconds": round(time.perf_counter() - t0, 1)}
         runs.append(row)
         print(f"  seed {seed}: acc {row['accuracy_mean']:.4f}, AUC {row['roc_auc']:.4f}, rank-1 {row['rank1_accuracy']:.4f}"
@@ -149,8 +147,9 @@ def _pipeline_seeds(args) -> dict:
 
 def _from_pipeline(args) -> dict:
     """The numbers of the last pipeline run of configs/faces_att.yaml (Trainer + Evaluator)."""
-    import json
     from pathlib import Path
+
+    from components.artifacts import Evaluation, Model
 
     root = Path(args.pipeline_root)
 
@@ -160,15 +159,14 @@ def _from_pipeline(args) -> dict:
             raise SystemExit(f"nothing matches {root}/{pattern}: run the pipeline first")
         return found[-1]
 
-    metrics = json.loads(newest("faces_eval/*/evaluation/metrics.json").read_text())
-    info_path = newest("faces_train/*/model/model_info.json")
-    info = json.loads(info_path.read_text())
+    metrics = Evaluation.load(newest("faces_eval/*/evaluation/metrics.json").parent).metrics
+    art = Model.load(newest("faces_train/*/model/model_info.json").parent)
+    info = art.info
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from components.tasks.embedding import embed, embedding_views
-    from models.preprocessing import load_model
 
-    model = load_model(info_path.parent / "model.keras")
-    h, w = info["image_size"]
+    model = art.load_keras()
+    h, w = info.image_size
     x = np.random.default_rng(0).integers(0, 255, (100, h, w, 3), dtype=np.uint8)
     flip, scales = embedding_views(info)
     emb_med, _ = median_time(lambda: embed(model, x, 100, flip, scales), repeats=3, warmup=1)
@@ -192,8 +190,8 @@ def _from_pipeline(args) -> dict:
     path = write_result(args.result_name, result)
     t = result["test"]
     print(f"faces (pipeline): 10-fold acc {t['accuracy_mean']:.4f} +- {t['accuracy_std']:.4f}, AUC {t['roc_auc']:.4f}, "
-          f"rank-1 {t['rank1_accuracy']:.4f}; train {info['train_seconds']:.0f} s at "
-          f"{info['images_per_second']:.0f} images/s -> {path}")
+          f"rank-1 {t['rank1_accuracy']:.4f}; train {info.train_seconds:.0f} s at "
+          f"{info.images_per_second:.0f} images/s -> {path}")
     return result
 
 

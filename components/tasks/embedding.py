@@ -1,53 +1,54 @@
-"""The embedding task (FaceNet): the Trainer's and the Evaluator's plug-in for models whose
-registry task is ``embedding`` (``facenet_small``, ``facenet_nn4_small``).
+"""The embedding task (FaceNet): the task plug-in of models whose registry task is ``embedding``
+(``facenet_small``, ``facenet_nn4_small``).
 
-Trainer (:func:`train`)
+Trainer
     Reads the examples' train split (and the eval split, held-out identities, when there is
-    one) into memory, builds the registered network with the Transform's preprocessing in
-    front (the served model takes raw uint8 images, like every Trainer model), and trains it
-    on P x K batches (P identities, K images each, :class:`models.facenet.PKSampler`) with an
-    online-mining triplet loss (semi-hard, batch-hard, or soft batch-hard). Per-epoch metrics
-    go to the tracker; ``keras.callbacks.BackupAndRestore`` keeps a checkpoint in the work
-    folder so a killed run resumes. With an eval split, held-out verification (ROC AUC, best
-    accuracy on balanced pairs, rank-1) is measured every ``validate_every`` epochs and the
-    best epoch is exported (``best_metric``: ``val_roc_auc`` by default). The decision
-    threshold (distance below it = same person) is the one maximising accuracy on pairs of
-    the eval split's images, or of the training images when there is no eval split (then it
-    is optimistic: training people sit closer together than new ones). It is written to
-    ``model_info.json`` and the Pusher copies it into the registered version's tags.
+    one) into memory and trains the served network (the Transform's preprocessing in front, like
+    every Trainer model) on P x K batches (P identities, K images each,
+    :class:`models.facenet.PKSampler`) with an online-mining triplet loss (semi-hard, batch-hard,
+    or soft batch-hard). With held-out identities, verification (ROC AUC, best accuracy on
+    balanced pairs, rank-1) is measured every ``validate_every`` epochs (``val_roc_auc``,
+    ``val_accuracy``, ``val_rank1_accuracy``) and the Trainer exports the best epoch
+    (``best_metric``: ``val_roc_auc`` by default). The decision threshold (distance below it =
+    same person) is the one maximising accuracy on pairs of the eval split's images, or of the
+    training images when there is no eval split (then it is optimistic: training people sit
+    closer together than new ones). It is written to ``model_info.json`` (``Info``) and the
+    Pusher copies it into the registered version's tags.
 
-Evaluator (:func:`evaluate`)
+Evaluator (``components/tasks/embedding_eval.py``)
     Embeds the evaluation split (people the model never saw) and runs
     :func:`components.metrics.verification.verification_report`: 10-fold accuracy with the
-    threshold chosen on the other 9 folds (mean, std), ROC AUC, EER, TAR at FAR 1e-2 / 1e-3
-    (or why not available), the threshold, rank-1 identification with one enrolled image per
-    person; ROC and distance-histogram PNGs; a blessing in the Evaluator's format.
+    threshold chosen on the other 9 folds, ROC AUC, EER, TAR at FAR 1e-2 / 1e-3, rank-1
+    identification; ROC and distance-histogram PNGs; the accuracy of the model's own threshold.
 
-Pairs (``EvalParams.pair_mode``): ``all`` (every pair: mostly mismatched, so accuracy is
-inflated: "always different" scores ~0.9), ``sampled`` (``num_pairs`` with
-``matched_fraction`` matched, seeded; without ``num_pairs``: every matched pair plus as many
-mismatched ones, the LFW-style balanced protocol) or ``pairs_file`` (an LFW ``pairs.txt``;
-images are matched to records by key ``<name>/<name>_<NNNN>``). With ``sampled`` or
-``pairs_file`` the ROC AUC / EER on all pairs are reported too (``*_all_pairs``).
+Inference
+    ``prepare_image`` repeats ExampleGen's face crop (``model_info.face_crop``); the predictor
+    gives each image's embedding (and, with ``face_db``, the nearest enrolled person).
+
+The views an embedding averages (the image, its mirror with ``flip_embeddings``, centre crops
+of ``tta_scales``) are chosen at training time and recorded, so the threshold, the Evaluator,
+``predict``, the BulkInferrer and the ``faces`` commands all embed the same way.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from components.base import ComponentError, Params
+from components.tasks.base import TrainData
+from components.tasks.embedding_data import embed, embedding_views, l2_normalise, load_split, raw_outputs
+from components.tasks.embedding_eval import EmbeddingEvaluation
+
+# the helpers other code imports from here (the faces commands, benchmarks, tests)
+__all__ = ["EmbeddingTask", "TrainParams", "EvalParams", "Info", "embed", "embedding_views", "load_split",
+           "quick_verification"]
 
 # a centre crop's side as a fraction of the image side
 Scale = Annotated[float, Field(gt=0.0, le=1.0)]
 
 VAL_METRICS = ("val_roc_auc", "val_accuracy", "val_rank1_accuracy")
-LOWER_IS_BETTER = ("eer",)
 
 
 class TrainParams(Params):
@@ -89,70 +90,22 @@ class EvalParams(Params):
     batch_size: int = Field(64, ge=1)
 
 
-# ---------------------------------------------------------------- data
+class Info(BaseModel):
+    """A face model's own model_info.json fields (beside the common ones)."""
 
-def load_split(examples: Path, split: str, image_size) -> tuple:
-    """(uint8 images (N, H, W, 3), int labels (N,), identity names, keys) of one split."""
-    import numpy as np
-    import tensorflow as tf
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    from data.tfrecord import split_files
-
-    files = split_files(examples, split)
-    if not files:
-        raise ComponentError(f"no TFRecords for split {split!r} in {examples}")
-    spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
-            "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-            "image/identity": tf.io.FixedLenFeature([], tf.string, default_value=""),
-            "image/key": tf.io.FixedLenFeature([], tf.string, default_value="")}
-    h, w = image_size
-
-    def parse(x):
-        f = tf.io.parse_single_example(x, spec)
-        img = tf.ensure_shape(tf.io.decode_png(f["image/encoded"], channels=3), [h, w, 3])
-        return img, f["image/class/label"], f["image/identity"], f["image/key"]
-
-    xs, ys, ids, keys = [], [], [], []
-    for img, lab, ident, key in tf.data.TFRecordDataset(files).map(parse).batch(256):
-        xs.append(img.numpy())
-        ys.append(lab.numpy())
-        ids += [i.decode() for i in ident.numpy()]
-        keys += [k.decode() for k in key.numpy()]
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    if (y < 0).any():  # records without a label: number the identities
-        names = sorted(set(ids))
-        y = np.array([names.index(i) for i in ids], dtype=np.int64)
-    return x, y.astype(np.int64), ids, keys
+    threshold: float  # L2 distance below it: the same person
+    threshold_source: Literal["eval", "train"]  # the split whose pairs chose it
+    threshold_accuracy: float  # on those pairs
+    threshold_roc_auc: float
+    distance: Literal["L2"] = "L2"
+    flip_embeddings: bool = False
+    tta_scales: list[float] = Field(default_factory=lambda: [1.0])
+    embedding_dim: int
 
 
-def embed(model, images, batch_size: int = 64, flip: bool = False, scales=(1.0,)):
-    """L2-normalised embeddings of uint8 images, averaged over views: a centre crop of each
-    fraction in ``scales`` (1.0 = the image itself), and with ``flip`` also their mirrors."""
-    import numpy as np
-
-    from models.tta import centre_crop
-
-    def run(x):
-        out = [np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
-        out = np.concatenate(out).astype(np.float64) if out else np.zeros((0, 1))
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-    e = 0.0
-    for s in scales or (1.0,):
-        view = images if float(s) == 1.0 else centre_crop(images, s).numpy()
-        e = e + run(view)
-        if flip:
-            e = e + run(np.ascontiguousarray(view[:, :, ::-1]))
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
-
-def embedding_views(info: dict, flip: bool | None = None, scales=None) -> tuple[bool, list[float]]:
-    """The views a model's embeddings are averaged over, as recorded in its model_info.json
-    (``flip_embeddings``, ``tta_scales``), unless overridden."""
-    flip = bool(info.get("flip_embeddings")) if flip is None else flip
-    scales = list(scales if scales is not None else info.get("tta_scales") or [1.0])
-    return flip, scales
-
+# ---------------------------------------------------------------- verification on one set of pairs
 
 def _pairs(labels, mode: str, max_pairs: int, seed: int):
     """Index pairs for threshold choice: balanced (all matched + as many mismatched) or all,
@@ -194,7 +147,15 @@ def quick_verification(emb, labels, threshold_pairs: str = "balanced", max_pairs
     return out
 
 
-# ---------------------------------------------------------------- training
+def verifiable(labels) -> bool:
+    """At least 2 identities and one with 2+ images: matched and mismatched pairs exist."""
+    import numpy as np
+
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    return len(counts) >= 2 and int(counts.max()) >= 2
+
+
+# ---------------------------------------------------------------- training pieces
 
 def _loss(tp: TrainParams):
     from models.facenet import TripletHardLoss, TripletSemiHardLoss
@@ -207,10 +168,11 @@ def _loss(tp: TrainParams):
 def _pk_batches(x, y, tp: TrainParams, epochs: int, seed: int):
     """A tf.data pipeline of P x K (uint8 images, labels) batches: the sampler's index batches
     for every epoch are drawn up front (deterministic for the seed, and no Python generator in
-    the training loop); optional extra augmentation; autotune off (DESIGN.md)."""
+    the training loop); optional extra augmentation; fixed options (no autotune)."""
     import numpy as np
     import tensorflow as tf
 
+    from data.tfrecord import fixed_options
     from models.facenet import PKSampler
 
     try:
@@ -235,17 +197,13 @@ def _pk_batches(x, y, tp: TrainParams, epochs: int, seed: int):
             xb = tf.cast(tf.clip_by_value(tf.round(aug(tf.cast(xb, tf.float32), training=True)), 0, 255), tf.uint8)
         return xb, tf.gather(labels, i)
 
-    ds = tf.data.Dataset.from_tensor_slices(idx).repeat().map(gather).prefetch(2)
-    opts = tf.data.Options()
-    opts.autotune.enabled = False
-    opts.deterministic = True
-    return ds.with_options(opts), sampler
+    return fixed_options(tf.data.Dataset.from_tensor_slices(idx).repeat().map(gather).prefetch(2)), sampler
 
 
-def _validation_callback(ctx, x_ev, y_ev, tp: TrainParams, seed: int):
+def _validation_callback(x_ev, y_ev, tp: TrainParams, seed: int):
     import keras
 
-    class CB(keras.callbacks.Callback):
+    class HeldOutVerification(keras.callbacks.Callback):
         """Held-out verification at epoch ends, added to the logs (before the tracker and
         best-epoch callbacks read them)."""
 
@@ -257,299 +215,143 @@ def _validation_callback(ctx, x_ev, y_ev, tp: TrainParams, seed: int):
             logs["val_roc_auc"], logs["val_accuracy"] = r["roc_auc"], r["accuracy"]
             if "rank1_accuracy" in r:
                 logs["val_rank1_accuracy"] = r["rank1_accuracy"]
-    return CB()
+    return HeldOutVerification()
 
 
-def train(ctx, inputs, params, tp: TrainParams) -> dict:
-    import keras
-    import numpy as np
+# ---------------------------------------------------------------- the plug-in
 
-    from components.trainer import (_KeepBest, _lr_callback, _optimizer, _TrackerCallback, build_full_model,
-                                    kill_safe_backup, load_init_weights)
+class EmbeddingTask(EmbeddingEvaluation):
+    name: ClassVar[str] = "embedding"
+    examples_task: ClassVar[str] = "embedding"
+    TrainParams: ClassVar[type[Params]] = TrainParams
+    EvalParams: ClassVar[type[Params]] = EvalParams
+    Info: ClassVar[type[BaseModel]] = Info
+    blessing_metric: ClassVar[str] = "accuracy"
+    default_best_metric: ClassVar[str] = "val_roc_auc"
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss", "val_loss", "eer"})
 
-    examples = Path(inputs["examples"])
-    schema = json.loads((examples / "schema.json").read_text())
-    transform_cfg = json.loads((Path(inputs["transform"]) / "transform.json").read_text())
-    image_size = tuple(schema["image_size"])
-    keras.utils.set_random_seed(params.seed)
-    if not schema["splits"].get(params.train_split):
-        raise ComponentError(f"Trainer: split {params.train_split!r} is empty or missing in {examples}")
-    x_tr, y_tr, ids_tr, _ = load_split(examples, params.train_split, image_size)
-    has_eval = bool(params.eval_split and schema["splits"].get(params.eval_split))
-    x_ev = y_ev = None
-    if has_eval:
-        x_ev, y_ev, ids_ev, _ = load_split(examples, params.eval_split, image_size)
-        shared = sorted(set(ids_tr) & set(ids_ev))
-        if shared:
-            ctx.logger.warning("%d identities are in both %s and %s (e.g. %s): held-out numbers will be optimistic; "
-                               "split by identity (ExampleGen split_by: identity)", len(shared), params.train_split,
-                               params.eval_split, shared[:3])
-        if len(np.unique(y_ev)) < 2:
-            ctx.logger.warning("eval split has fewer than 2 identities: not used for validation")
-            has_eval = False
-    ctx.logger.info("embedding training: %d images of %d identities%s; P=%d x K=%d, %s loss (margin %g)",
-                    len(x_tr), len(np.unique(y_tr)),
-                    f", eval {len(x_ev)} images of {len(np.unique(y_ev))} identities" if has_eval else "",
-                    tp.P, tp.K, tp.loss, tp.margin)
+    # --------------------------------------------------------------- Trainer
+    def build_kwargs(self, tc) -> dict:
+        return {}  # an embedding network has no class count
 
-    ds, sampler = _pk_batches(x_tr, y_tr, tp, params.epochs, params.seed)
-    if sampler.skipped:
-        ctx.logger.info("%d identities with too few images left out of training", len(sampler.skipped))
-    model, core = build_full_model(params, transform_cfg, None)
-    if "base_model" in inputs:
-        load_init_weights(core, str(Path(inputs["base_model"]) / "model.keras"), ctx.logger)
-    elif params.init_weights:
-        load_init_weights(core, params.init_weights, ctx.logger)
-    model.compile(optimizer=_optimizer(params, params.learning_rate), loss=_loss(tp),
-                  steps_per_execution=params.steps_per_execution)
+    def model_classes(self, tc) -> list[str]:
+        """The training identities, naturally sorted (the evaluated people should not be here)."""
+        from data.identity_folders import natural_key
 
-    callbacks = [kill_safe_backup(str(ctx.work_dir / "backup-embedding"))]
-    keep_best = None
-    monitor = "loss"
-    if has_eval:
-        callbacks.append(_validation_callback(ctx, x_ev, y_ev, tp, params.seed))
-        monitor = params.best_metric if params.best_metric in VAL_METRICS else "val_roc_auc"
-        keep_best = _KeepBest.make(monitor)
-    callbacks.append(_TrackerCallback.make(ctx, "train"))
-    if keep_best is not None:
-        callbacks.append(keep_best)
-    sched = _lr_callback(params, params.learning_rate, params.epochs)
-    if sched is not None:
-        callbacks.append(sched)
-    if params.early_stopping:
-        es = params.early_stopping
-        es_monitor = es.monitor if es.monitor in VAL_METRICS and has_eval else "loss"
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=es_monitor, patience=es.patience,
-                                                       min_delta=es.min_delta,
-                                                       mode="min" if es_monitor == "loss" else "max"))
-    t0 = time.time()
-    hist = model.fit(ds, epochs=params.epochs, steps_per_epoch=tp.steps_per_epoch, callbacks=callbacks, shuffle=False,
-                     verbose=2 if ctx.show_progress else 0)
-    train_seconds = time.time() - t0
-    history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
-    epochs_run = len(history.get("loss", []))
-    best_epoch = (keep_best.best_epoch + 1) if keep_best is not None and keep_best.best_epoch >= 0 else epochs_run
+        ids = getattr(self, "_train_identities", None)
+        if ids is None:
+            ids = load_split(tc.examples, tc.params.train_split)[2]
+        return sorted(set(ids), key=natural_key)
 
-    # The decision threshold, on held-out identities when there are some.
-    src, xs, ys = ("eval", x_ev, y_ev) if has_eval else ("train", x_tr, y_tr)
-    emb = embed(model, xs, flip=tp.flip_embeddings, scales=tp.tta_scales)
-    thr = quick_verification(emb, ys, tp.threshold_pairs, tp.max_threshold_pairs, params.seed)
-    ctx.logger.info("threshold %.4f chosen on %s (%s pairs, accuracy %.4f, ROC AUC %.4f)", thr["threshold"],
-                    src, tp.threshold_pairs, thr["accuracy"], thr["roc_auc"])
+    def train_data(self, tc, model) -> TrainData:
+        import numpy as np
 
-    out = ctx.outputs["model"]
-    model.save(out / "model.keras")
-    with contextlib.redirect_stdout(io.StringIO()):  # export prints its endpoints
-        model.export(str(out / "saved_model"), format="tf_saved_model", verbose=False)
-    n_seen = epochs_run * tp.steps_per_epoch * tp.P * tp.K
-    info = {"model": params.model, "task": "embedding", "classes": sorted(set(ids_tr), key=_natural),
-            "image_size": list(image_size), "threshold": thr["threshold"], "threshold_source": src,
-            "threshold_accuracy": thr["accuracy"], "threshold_roc_auc": thr["roc_auc"],
-            "distance": "L2", "flip_embeddings": tp.flip_embeddings, "tta_scales": tp.tta_scales,
-            # ExampleGen's face detection/cropping: serving (faces commands, img_to_encoding) repeats it
-            "face_crop": schema.get("face_crop"),
-            "embedding_dim": int(model.output_shape[-1]), "task_params": tp.model_dump(mode="json"),
-            "hyperparameters": params.hyperparameters, "params": int(model.count_params()),
-            "epochs_run": epochs_run, "best_epoch": int(best_epoch), "best_metric": monitor if keep_best else None,
-            "best_value": (float(keep_best.mode * keep_best.best) if keep_best and keep_best.best_epoch >= 0 else None),
-            "train_seconds": train_seconds, "images_per_second": n_seen / max(train_seconds, 1e-9)}
-    (out / "model_info.json").write_text(json.dumps(info, indent=2))
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    _plot_history(history, out / "training_curves.png")
-    ctx.tracker.log_artifact(out / "training_curves.png", "plots")
-    ctx.tracker.log_artifact(out / "model_info.json")
-    ctx.tracker.log_metrics({"threshold": thr["threshold"], "threshold_accuracy": thr["accuracy"]})
-    ctx.logger.info("trained %s: %d epochs in %.1fs (%.0f images/s), best epoch %d", params.model, epochs_run,
-                    train_seconds, info["images_per_second"], best_epoch)
-    final = {f"final_{k}": v[-1] for k, v in history.items() if v}
-    return {**final, "best_epoch": best_epoch, "threshold": thr["threshold"], "train_seconds": train_seconds,
-            "images_per_second": info["images_per_second"]}
+        p, tp, log = tc.params, tc.tp, tc.logger
+        x_tr, y_tr, ids_tr, _ = load_split(tc.examples, p.train_split)
+        self._train_identities = ids_tr
+        x_ev = y_ev = None
+        if tc.has_eval:
+            x_ev, y_ev, ids_ev, _ = load_split(tc.examples, p.eval_split)
+            shared = sorted(set(ids_tr) & set(ids_ev))
+            if shared:
+                log.warning("%d identities are in both %s and %s (e.g. %s): held-out numbers will be optimistic; "
+                            "split by identity (ExampleGen split_by: identity)", len(shared), p.train_split,
+                            p.eval_split, shared[:3])
+            if not verifiable(y_ev):
+                log.warning("eval split has fewer than 2 identities (or none with 2+ images): not used for "
+                            "validation")
+                x_ev = y_ev = None
+        has_eval = x_ev is not None
+        log.info("embedding training: %d images of %d identities%s; P=%d x K=%d, %s loss (margin %g)",
+                 len(x_tr), len(np.unique(y_tr)),
+                 f", eval {len(x_ev)} images of {len(np.unique(y_ev))} identities" if has_eval else "",
+                 tp.P, tp.K, tp.loss, tp.margin)
+        ds, sampler = _pk_batches(x_tr, y_tr, tp, p.epochs, p.seed)
+        if sampler.skipped:
+            log.info("%d identities with too few images left out of training", len(sampler.skipped))
+        return TrainData(train=ds, validation=None, steps_per_epoch=tp.steps_per_epoch,
+                         images_per_epoch=tp.steps_per_epoch * tp.P * tp.K, has_eval=has_eval,
+                         state={"x_train": x_tr, "y_train": y_tr, "x_eval": x_ev, "y_eval": y_ev})
 
+    def reported_metrics(self, tc, data) -> set[str]:
+        return {"loss", *VAL_METRICS} if data.has_eval else {"loss"}
 
-def _natural(name: str):
-    from data.identity_folders import natural_key
+    def epoch_callbacks(self, tc, data) -> list:
+        s = data.state
+        return [_validation_callback(s["x_eval"], s["y_eval"], tc.tp, tc.params.seed)] if data.has_eval else []
 
-    return natural_key(name)
+    def compile_args(self, tc, data) -> dict:
+        return {"loss": _loss(tc.tp)}
 
+    def finish(self, tc, data, model) -> dict:
+        """The decision threshold, on held-out identities when there are some."""
+        tp, s = tc.tp, data.state
+        src, xs, ys = ("eval", s["x_eval"], s["y_eval"]) if data.has_eval else ("train", s["x_train"], s["y_train"])
+        emb = embed(model, xs, flip=tp.flip_embeddings, scales=tp.tta_scales)
+        thr = quick_verification(emb, ys, tp.threshold_pairs, tp.max_threshold_pairs, tc.params.seed)
+        tc.logger.info("threshold %.4f chosen on %s (%s pairs, accuracy %.4f, ROC AUC %.4f)", thr["threshold"],
+                       src, tp.threshold_pairs, thr["accuracy"], thr["roc_auc"])
+        tc.ctx.tracker.log_metrics({"threshold": thr["threshold"], "threshold_accuracy": thr["accuracy"]})
+        return {"threshold": thr["threshold"], "threshold_source": src, "threshold_accuracy": thr["accuracy"],
+                "threshold_roc_auc": thr["roc_auc"], "distance": "L2", "flip_embeddings": tp.flip_embeddings,
+                "tta_scales": list(tp.tta_scales), "embedding_dim": int(model.output_shape[-1])}
 
-def _plot_history(history: dict, path: Path) -> None:
-    import matplotlib
+    # --------------------------------------------------------------- inference
+    def prepare_image(self, image, info):
+        """ExampleGen's face crop (``info.face_crop``, when it cropped faces), then the resize."""
+        fc = info.face_crop
+        if fc:
+            from data.face_crop import crop_face
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+            found = crop_face(image, margin=fc.get("margin", 0.2), min_face=fc.get("min_face", 0.2))
+            if not found.found and fc.get("on_miss") == "bad":
+                raise ValueError("no face found (the model was trained on detected faces only)")
+            image = found.image
+        return super().prepare_image(image, info)
 
-    vals = [k for k in VAL_METRICS if history.get(k)]
-    fig, axes = plt.subplots(1, 2 if vals else 1, figsize=(10 if vals else 5, 3.5))
-    axes = list(axes) if vals else [axes]
-    axes[0].plot(range(1, len(history["loss"]) + 1), history["loss"])
-    axes[0].set_title("triplet loss (train)")
-    axes[0].set_xlabel("epoch")
-    if vals:
-        for k in vals:
-            axes[1].plot(range(1, len(history[k]) + 1), history[k], label=k)
-        axes[1].set_title("held-out verification")
-        axes[1].set_xlabel("epoch")
-        axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    def predictor(self, model, info, face_db=None, model_version: str | None = None, batch_size: int = 64, **_):
+        """Rows ``{key, embedding_dim, norm, embedding}`` (``norm``: of the network's raw output on
+        the image itself; the embedding is the recorded views' normalised average, rounded to 6
+        decimals). With ``face_db`` (a faces database file, ``pipeline faces enroll``) also the
+        nearest enrolled ``identity``, its ``distance``, the model's ``threshold`` and ``match``
+        (distance under it). ``model_version``, when given, must be the database's."""
+        import numpy as np
 
+        flip, scales = embedding_views(info)
+        single = not flip and scales == [1.0]
+        threshold = info.get("threshold")
+        if face_db is not None and not Path(face_db).exists():
+            from components.predict import PredictError
 
-# ---------------------------------------------------------------- evaluation
+            raise PredictError(f"face database {face_db} does not exist: enrol someone first (faces enroll)")
 
-def _pairs_from_file(tp: EvalParams, keys: list[str], logger):
-    import numpy as np
+        def predict(images, keys):
+            x = np.asarray(images, np.uint8)
+            raw = raw_outputs(model, x, batch_size)
+            # one view (the image itself): what embed computes, without a second forward pass
+            emb = l2_normalise(l2_normalise(raw)) if single else embed(model, x, batch_size, flip, scales)
+            rows = [{"key": k, "embedding_dim": int(e.shape[0]), "norm": round(float(np.linalg.norm(r)), 6),
+                     "embedding": [round(float(v), 6) for v in e]} for k, r, e in zip(keys, raw, emb)]
+            if face_db is not None:
+                from data.face_db import FaceDB
 
-    from data.lfw_pairs import parse_pairs
+                with FaceDB(face_db) as db:
+                    for row, e in zip(rows, emb):
+                        who, dist = db.nearest(e, model_version=model_version)
+                        row.update({"identity": who, "distance": round(dist, 6) if who is not None else None,
+                                    "threshold": threshold,
+                                    "match": bool(who is not None and threshold is not None and dist < threshold)})
+            return rows
+        return predict
 
-    try:
-        pf = parse_pairs(tp.pairs_file)
-    except (OSError, ValueError) as e:
-        raise ComponentError(f"Evaluator task_params.pairs_file: {e}") from None
-    index = {k.rsplit(".", 1)[0]: n for n, k in enumerate(keys)}
-    i, j, same, missing = [], [], [], 0
-    for p in pf.pairs:
-        a = index.get(f"{p.name1}/{p.name1}_{p.index1:04d}")
-        b = index.get(f"{p.name2}/{p.name2}_{p.index2:04d}")
-        if a is None or b is None:
-            missing += 1
-            continue
-        i.append(a)
-        j.append(b)
-        same.append(p.same)
-    if missing:
-        logger.warning("%d of %d pairs of %s name images not in the evaluated split: left out", missing,
-                       len(pf.pairs), tp.pairs_file)
-    if not i:
-        raise ComponentError(f"no pair of {tp.pairs_file} has both images in the evaluated split")
-    return (np.array(i), np.array(j), np.array(same, dtype=bool)), missing
-
-
-def _baseline(params, images, labels, tp: EvalParams, pairs, ctx):
-    """The registered ``baseline_model@alias``'s report on the same images and pairs, or None."""
-    from components.metrics.verification import verification_report
-    from components.model_uri import load_baseline
-
-    uri = f"models:/{params.baseline_model}@{params.baseline_alias}"
-    baseline = load_baseline(params.baseline_model, params.baseline_alias, ctx.tracking_uri, ctx.logger)
-    if baseline is None:
-        return None
-    model, info, _ = baseline
-    if tuple(info.get("image_size", ())) != tuple(images.shape[1:3]):
-        ctx.logger.info("baseline %s takes %s images, not %s: not compared", uri, info.get("image_size"),
-                        list(images.shape[1:3]))
-        return None
-    flip, scales = embedding_views(info, tp.flip, tp.tta_scales)
-    emb = embed(model, images, tp.batch_size, flip, scales)
-    r = verification_report(emb, labels, pairs=pairs, pair_mode="all" if pairs is None else "sampled",
-                            n_folds=tp.n_folds, seed=tp.seed, fars=tuple(tp.fars))
-    flat = _flat(r)
-    return {"model": params.baseline_model, "alias": params.baseline_alias, **flat}
-
-
-def _flat(report: dict) -> dict:
-    flat = {"accuracy": report["accuracy_mean"], "accuracy_std": report["accuracy_std"],
-            "roc_auc": report["roc_auc"], "eer": report["eer"], "threshold": report["threshold"],
-            "num_pairs": float(report["num_pairs"])}
-    if "rank1_accuracy" in report:
-        flat["rank1_accuracy"] = report["rank1_accuracy"]
-    for far, v in report["tar_at_far"].items():
-        if v.get("tar") is not None:
-            flat[f"tar_at_far_{far}"] = v["tar"]
-    for k in ("roc_auc_all_pairs", "eer_all_pairs"):
-        if k in report:
-            flat[k] = report[k]
-    return flat
-
-
-def evaluate(ctx, inputs, params, tp: EvalParams) -> dict:
-    import numpy as np
-
-    from components.metrics.verification import generate_pairs, roc_metrics, verification_report
-    from models.preprocessing import load_model
-
-    model_dir, examples = Path(inputs["model"]), Path(inputs["examples"])
-    info = json.loads((model_dir / "model_info.json").read_text())
-    schema = json.loads((examples / "schema.json").read_text())
-    split = params.split if schema["splits"].get(params.split) else "eval"
-    if not schema["splits"].get(split):
-        raise ComponentError(f"Evaluator: split {params.split!r} (and 'eval') empty or missing in {examples}")
-    if list(schema["image_size"]) != list(info["image_size"]):
-        raise ComponentError(f"Evaluator: examples are {schema['image_size']}, the model takes {info['image_size']}")
-    images, labels, idents, keys = load_split(examples, split, tuple(schema["image_size"]))
-    seen = sorted(set(idents) & set(info.get("classes", [])))
-    if seen:
-        ctx.logger.warning("%d of the %d evaluated identities were seen in training (e.g. %s): the numbers are "
-                           "not for unseen people", len(seen), len(set(idents)), seen[:3])
-    model = load_model(model_dir / "model.keras")
-    flip, scales = embedding_views(info, tp.flip, tp.tta_scales)
-    t0 = time.perf_counter()
-    emb = embed(model, images, tp.batch_size, flip, scales)
-    embed_s = time.perf_counter() - t0
-
-    missing_pairs = 0
-    if tp.pair_mode == "pairs_file":
-        if not tp.pairs_file:
-            raise ComponentError("Evaluator task_params: pair_mode pairs_file needs pairs_file")
-        pairs, missing_pairs = _pairs_from_file(tp, keys, ctx.logger)
-    elif tp.pair_mode == "sampled":
-        n_pos = int(sum(c * (c - 1) // 2 for c in np.unique(labels, return_counts=True)[1]))
-        num = tp.num_pairs or 2 * n_pos
-        pairs = generate_pairs(labels, "sampled", num_pairs=num, matched_fraction=tp.matched_fraction, seed=tp.seed)
-    else:
-        pairs = None
-    out_eval, out_bless = ctx.outputs["evaluation"], ctx.outputs["blessing"]
-    try:
-        report = verification_report(emb, labels, pairs=pairs, n_folds=tp.n_folds, seed=tp.seed,
-                                     fars=tuple(tp.fars), plot_dir=out_eval)
-    except ValueError as e:
-        raise ComponentError(f"Evaluator: {e}") from None
-    report["pair_mode"] = tp.pair_mode
-    if pairs is not None and len(np.unique(labels)) > 1:  # the ROC on every pair too
-        i, j, same = generate_pairs(labels, "all")
-        if same.any():
-            d = np.linalg.norm(emb[i] - emb[j], axis=1)
-            r_all = roc_metrics(d, same, fars=tuple(tp.fars))
-            report["roc_auc_all_pairs"], report["eer_all_pairs"] = r_all["roc_auc"], r_all["eer"]
-    if missing_pairs:
-        report["pairs_missing"] = missing_pairs
-    report.pop("fold_thresholds", None)
-    report["plots"] = {k: Path(v).name for k, v in report.get("plots", {}).items()}
-    report.update({"split": split, "num_images": int(len(images)), "num_identities": int(len(set(idents))),
-                   "flip_embeddings": flip, "tta_scales": scales, "model_threshold": info.get("threshold"),
-                   "identities_seen_in_training": len(seen),
-                   # views per second: each image is embedded len(scales) x (2 with flip) times
-                   "embed_images_per_second": len(images) * len(scales) * (2 if flip else 1) / max(embed_s, 1e-9),
-                   "embed_faces_per_second": len(images) / max(embed_s, 1e-9)})
-    if info.get("threshold") is not None:  # how the threshold the model ships with does here
-        from components.metrics.verification import pair_distances
-
-        pi, pj, ps = pairs if pairs is not None else generate_pairs(labels, "all")
-        d = pair_distances(emb[pi], emb[pj])
-        report["accuracy_at_model_threshold"] = float(np.mean((d < info["threshold"]) == ps))
-    flat = _flat(report)
-
-    baseline = None
-    if params.baseline_model:
-        baseline = _baseline(params, images, labels, tp, pairs, ctx)
-        if baseline is not None:
-            report["baseline"] = baseline
-    from components.blessing import bless, write_blessing
-
-    metric = params.blessing_metric
-    blessed, reasons = bless(flat, params.thresholds, metric, baseline, max_regression=params.max_regression,
-                             baseline_name=f"baseline {params.baseline_model}@{params.baseline_alias}",
-                             lower_is_better=frozenset(LOWER_IS_BETTER))
-    (out_eval / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
-    write_blessing(out_bless, blessed, reasons, metric, flat.get(metric), baseline)
-    ctx.tracker.log_artifact(out_eval / "metrics.json")
-    for png in ("roc.png", "distance_histogram.png"):
-        ctx.tracker.log_artifact(out_eval / png, "plots")
-    ctx.tracker.log_artifact(out_bless / "blessing.json")
-    ctx.tracker.set_tags({"blessed": str(blessed).lower()})
-    ctx.logger.info("%s on %d unseen images (%d people, %d %s pairs): %d-fold accuracy %.4f +- %.4f, ROC AUC %.4f, "
-                    "EER %.4f, rank-1 %s -> %s%s", info["model"], len(images), len(set(idents)), report["num_pairs"],
-                    tp.pair_mode, tp.n_folds, report["accuracy_mean"], report["accuracy_std"], report["roc_auc"],
-                    report["eer"], f"{report['rank1_accuracy']:.4f}" if "rank1_accuracy" in report else "n/a",
-                    "BLESSED" if blessed else "NOT blessed", (": " + "; ".join(reasons)) if reasons else "")
-    return {**flat, "blessed": float(blessed)}
+    def format_row(self, row: dict) -> list[str]:
+        if "identity" not in row:
+            return [f"embedding of {row['embedding_dim']} numbers, norm {row['norm']:.4f}"]
+        who, d, t = row["identity"], row["distance"], row["threshold"]
+        if who is None:
+            return ["nobody is enrolled in the face database"]
+        if t is None:
+            return [f"nearest: {who} (distance {d:.4f}; the model has no threshold)"]
+        if row["match"]:
+            return [f"{who} (distance {d:.4f} < threshold {t:.4f})"]
+        return [f"not in the database (nearest: {who}, distance {d:.4f} >= threshold {t:.4f})"]

@@ -1,6 +1,7 @@
 """Face detection and cropping (data/face_crop.py) and where it is used: ExampleGen's
-``face_crop`` step (report, schema, on_miss) and serving (``load_face_image``), so new photos
-are cropped the way the training images were."""
+``face_crop`` step (report, schema, on_miss) and serving (``load_face_image``, the embedding
+task's ``prepare_image`` for ``predict``), so new photos are cropped the way the training
+images were."""
 from __future__ import annotations
 
 import json
@@ -136,11 +137,42 @@ def test_example_gen_crops_att_faces(tmp_path):
     assert json.loads((ex / "error_report.json").read_text())["face_crop"]["missed"] == []
     from components.tasks.embedding import load_split
 
-    x, _, ids, keys = load_split(ex, "train", (48, 48))
+    x, _, ids, keys = load_split(ex, "train")
     by_key = dict(zip(keys, x))
     expected = crop_face(_att("s31", 2), margin=0.2).image
     expected = np.asarray(Image.fromarray(expected).resize((48, 48), Image.BILINEAR))
     np.testing.assert_array_equal(by_key["s31/2.pgm"], expected)  # the same crop serving makes
+    # predict's preparation of the raw photo (the face crop the model records) gives the record
+    info = _face_info((48, 48), json.loads((ex / "schema.json").read_text())["face_crop"])
+    for key in ("s31/1.pgm", "s32/2.pgm"):
+        person, n = key.split("/")
+        np.testing.assert_array_equal(_task().prepare_image(_att(person, int(n[0])), info), by_key[key])
+
+
+def _task():
+    from components.tasks import get_task
+
+    return get_task("embedding")
+
+
+def _face_info(size, face_crop):
+    from components.artifacts import ModelInfo
+
+    return ModelInfo(model="facenet_small", task="embedding", classes=[], image_size=list(size), face_crop=face_crop)
+
+
+def test_prepare_image_repeats_the_recorded_face_crop(tmp_path):
+    from models.facenet.recognition import load_face_image
+
+    noise = np.random.default_rng(2).integers(0, 255, (50, 40, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    plain = _task().prepare_image(noise, _face_info((32, 32), None))
+    assert plain.shape == (32, 32, 3) and plain.dtype == np.uint8
+    np.testing.assert_array_equal(plain, load_face_image(tmp_path / "noise.png", (32, 32)))
+    kept = _task().prepare_image(noise, _face_info((32, 32), {"margin": 0.2, "min_face": 0.2, "on_miss": "keep"}))
+    np.testing.assert_array_equal(kept, plain)  # no face: the whole photo, as in training
+    with pytest.raises(ValueError, match="no face found"):
+        _task().prepare_image(noise, _face_info((32, 32), {"margin": 0.2, "on_miss": "bad"}))
 
 
 def test_load_face_image_crops_like_training(tmp_path):
