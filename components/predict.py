@@ -44,7 +44,15 @@ def predict_images(model_uri: str, images: list[str], tracking_uri: str = DEFAUL
     except ModelNotFound as e:
         raise PredictError(str(e)) from None
     task = get_task(info.task)
-    batch = np.stack([task.prepare_image(r.pop("pixels"), info) for r in good])
+    for r in good:
+        try:
+            r["input"] = task.prepare_image(r.pop("pixels"), info)
+        except ValueError as e:  # e.g. a face model's face crop finding no face (on_miss: bad)
+            r["error"] = str(e)
+    good = [r for r in good if "error" not in r]
+    if not good:
+        return task, rows
+    batch = np.stack([r.pop("input") for r in good])
     predict = task.predictor(model, info, **options)
     for r, p in zip(good, predict(batch, [r["image"] for r in good])):
         p.pop("key", None)

@@ -48,10 +48,11 @@ def resolve_model(uri: str, tracking_uri: str) -> tuple[Path, dict, str]:
         from components.model_uri import ModelNotFound, fetch_keras
 
         try:
-            local, info, mv = fetch_keras(uri, tracking_uri)
+            local, model_info, mv = fetch_keras(uri, tracking_uri)
         except ModelNotFound as e:
             raise FaceCommandError(str(e)) from None
         path = local / "model.keras"
+        info = model_info.to_json()  # flat: common and task fields (threshold, views, face_crop)
         if info.get("threshold") is None and "threshold" in mv.tags:
             info["threshold"] = float(mv.tags["threshold"])
         info.setdefault("task", mv.tags.get("task"))
