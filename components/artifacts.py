@@ -43,20 +43,36 @@ def _write_json(path: Path, data: Any) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- Examples
 @dataclasses.dataclass
-class Examples:
-    """ExampleGen's output. ``schema`` keys: task (classification | detection | embedding),
-    classes, image_size [h, w], splits {name: count}, and format-specific extras (face_crop)."""
+class _JsonArtifact:
+    """An artifact that is one JSON file (``FILE``) in its folder, held as ``data``."""
 
     path: Path
-    schema: dict
+    data: dict
 
-    FILE = "schema.json"
+    FILE = ""
+    WHAT = "an artifact"
 
     @classmethod
-    def load(cls, path) -> "Examples":
-        return cls(Path(path), _read_json(Path(path), cls.FILE, "an examples artifact"))
+    def load(cls, path):
+        return cls(Path(path), _read_json(Path(path), cls.FILE, cls.WHAT))
+
+    def save(self) -> Path:
+        return _write_json(self.path / self.FILE, self.data)
+
+
+# ----------------------------------------------------------------------------- Examples
+class Examples(_JsonArtifact):
+    """ExampleGen's output: ``<split>/*.tfrecord`` and ``schema.json`` (``schema``): task
+    (classification | detection | embedding), classes, image_size [h, w], splits {name: count},
+    and format-specific extras (face_crop)."""
+
+    FILE = "schema.json"
+    WHAT = "an examples artifact"
+
+    @property
+    def schema(self) -> dict:
+        return self.data
 
     @staticmethod
     def save_schema(path: Path, schema: dict) -> Path:
@@ -101,38 +117,25 @@ class Examples:
 
 
 # ----------------------------------------------------------------------------- Statistics
-@dataclasses.dataclass
-class Statistics:
-    path: Path
-    data: dict
+class Statistics(_JsonArtifact):
+    """``statistics.json``: per split counts, class counts, image sizes, mean/std (+ boxes, identities)."""
 
     FILE = "statistics.json"
-
-    @classmethod
-    def load(cls, path) -> "Statistics":
-        return cls(Path(path), _read_json(Path(path), cls.FILE, "a statistics artifact"))
-
-    def save(self) -> Path:
-        return _write_json(self.path / self.FILE, self.data)
+    WHAT = "a statistics artifact"
 
 
 # ----------------------------------------------------------------------------- Transform
-@dataclasses.dataclass
-class TransformGraph:
-    """The Transform's preprocessing: image_size, normalize, mean, std, augmentation, classes, task,
-    and face_crop (the detection/crop ExampleGen applied before resizing, which serving repeats)."""
-
-    path: Path
-    config: dict
+class TransformGraph(_JsonArtifact):
+    """The Transform's preprocessing (``config``): image_size, normalize, mean, std, augmentation,
+    classes, task, and face_crop (the detection/crop ExampleGen applied before resizing, which
+    serving repeats)."""
 
     FILE = "transform.json"
+    WHAT = "a transform artifact"
 
-    @classmethod
-    def load(cls, path) -> "TransformGraph":
-        return cls(Path(path), _read_json(Path(path), cls.FILE, "a transform artifact"))
-
-    def save(self) -> Path:
-        return _write_json(self.path / self.FILE, self.config)
+    @property
+    def config(self) -> dict:
+        return self.data
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -245,25 +248,17 @@ class Model:
 
 
 # ----------------------------------------------------------------------------- Anchors
-@dataclasses.dataclass
-class Anchors:
+class Anchors(_JsonArtifact):
     """``anchors.json``: anchors [[w, h], ...] as image fractions sorted by area, k, seed, split,
     mean_iou, num_boxes, source, per_k."""
 
-    path: Path
-    data: dict
-
     FILE = "anchors.json"
+    WHAT = "an anchors artifact"
 
     @classmethod
     def load(cls, path) -> "Anchors":
-        path = Path(path)
-        if path.is_file():
-            return cls(path.parent, _read_json(path.parent, path.name, "an anchors artifact"))
-        return cls(path, _read_json(path, cls.FILE, "an anchors artifact"))
-
-    def save(self) -> Path:
-        return _write_json(self.path / self.FILE, self.data)
+        path = Path(path)  # the folder, or the anchors.json file itself
+        return super().load(path.parent if path.is_file() else path)
 
     @property
     def relative(self):
@@ -273,21 +268,15 @@ class Anchors:
 
 
 # ----------------------------------------------------------------------------- Evaluation
-@dataclasses.dataclass
-class Evaluation:
+class Evaluation(_JsonArtifact):
     """``metrics.json``: the task's report (its ``flat`` block holds the numbers blessing uses)."""
 
-    path: Path
-    metrics: dict
-
     FILE = "metrics.json"
+    WHAT = "an evaluation artifact"
 
-    @classmethod
-    def load(cls, path) -> "Evaluation":
-        return cls(Path(path), _read_json(Path(path), cls.FILE, "an evaluation artifact"))
-
-    def save(self) -> Path:
-        return _write_json(self.path / self.FILE, self.metrics)
+    @property
+    def metrics(self) -> dict:
+        return self.data
 
 
 @dataclasses.dataclass
@@ -318,19 +307,11 @@ class Blessing:
 
 
 # ----------------------------------------------------------------------------- Pusher
-@dataclasses.dataclass
-class PushedModel:
-    path: Path
-    data: dict
+class PushedModel(_JsonArtifact):
+    """``push.json``: pushed, registered_model_name, version, uri, alias, run_id, baseline."""
 
     FILE = "push.json"
-
-    @classmethod
-    def load(cls, path) -> "PushedModel":
-        return cls(Path(path), _read_json(Path(path), cls.FILE, "a pushed-model artifact"))
-
-    def save(self) -> Path:
-        return _write_json(self.path / self.FILE, self.data)
+    WHAT = "a pushed-model artifact"
 
 
 # ----------------------------------------------------------------------------- BulkInferrer
