@@ -25,6 +25,20 @@ def _requirements() -> list[str]:
     return [f"tensorflow=={version('tensorflow')}", f"keras=={version('keras')}"]
 
 
+def _trainer_record(model_dir) -> dict[str, str]:
+    """What made the model: the Trainer execution's cache key, pipeline run and MLflow run, and
+    the fingerprints of its data (the examples) and code, from the execution's metadata.json
+    beside the model folder (absent for a model folder made by hand)."""
+    meta_path = model_dir.parent / "metadata.json"
+    if not meta_path.exists():
+        return {}
+    meta = json.loads(meta_path.read_text())
+    return {"trainer_cache_key": meta.get("cache_key") or "", "trainer_pipeline_run": meta.get("pipeline_run") or "",
+            "trainer_mlflow_run": meta.get("mlflow_run_id") or "",
+            "data_fingerprint": (meta.get("input_fingerprints") or {}).get("examples", ""),
+            "code_fingerprint": meta.get("code_fingerprint") or ""}
+
+
 def run(ctx, inputs, params: PusherParams):
     import mlflow
     import numpy as np
@@ -67,6 +81,7 @@ def run(ctx, inputs, params: PusherParams):
             "image_size": json.dumps(info.image_size), "task": info.task,
             # what the Evaluator's resolver reads: is the champion this candidate, and what was it compared with
             "model_fingerprint": ctx.input_fingerprints.get("model", ""), "baseline": baseline_uri}
+    tags.update(_trainer_record(model_art.path))
     # the task's scalar fields (a face model's decision threshold, a detector's NMS IoU): searchable in the UI
     for k, v in info.task_fields.items():
         if isinstance(v, (str, int, float, bool)) and k not in tags:

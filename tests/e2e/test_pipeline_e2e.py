@@ -89,8 +89,16 @@ def test_first_run_executes_everything_and_registers(project):
     mlflow.set_tracking_uri(f"sqlite:///{d / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     mv = client.get_model_version_by_alias("signs-cnn", "champion")
-    assert mv.tags["pipeline_run"] == run_id and mv.tags["cache_key"] == ex["signs_train"]["cache_key"] or \
-        mv.tags["pipeline_run"] == run_id
+    # the registered version records what made it: the Pusher's execution, the Trainer's execution
+    # and MLflow run, the fingerprints of the data it was trained on and of the training code
+    train_meta = json.loads((Path(ex["signs_train"]["artifact_dir"]) / "metadata.json").read_text())
+    assert mv.tags["pipeline_run"] == run_id and mv.tags["cache_key"] == ex["signs_push"]["cache_key"]
+    assert mv.tags["trainer_cache_key"] == ex["signs_train"]["cache_key"]
+    assert mv.tags["trainer_mlflow_run"] == ex["signs_train"]["mlflow_run_id"] and mv.tags["trainer_pipeline_run"] == run_id
+    assert mv.tags["data_fingerprint"] == train_meta["input_fingerprints"]["examples"]
+    assert mv.tags["code_fingerprint"] == train_meta["code_fingerprint"]
+    assert mv.tags["model_fingerprint"] == json.loads((Path(ex["signs_eval"]["artifact_dir"]) / "metadata.json")
+                                                      .read_text())["input_fingerprints"]["model"]
     exp = client.get_experiment_by_name("cnn-pipeline")
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
     runs = client.search_runs([exp.experiment_id], f"tags.pipeline_run = '{run_id}'")
