@@ -49,7 +49,7 @@ def test_champion_change_reruns_evaluator_and_pusher_only(tmp_path):
     meta = json.loads((r1.executions["signs_eval"].dir / "metadata.json").read_text())
     assert meta["resolved"] == {"baseline": None}
     v1 = _champion(tmp_path)
-    assert v1.version == "1" and v1.tags["baseline"] == ""
+    assert str(v1.version) == "1" and v1.tags["baseline"] == ""
 
     r2 = _run(y, 1)
     assert {e.status for e in r2.executions.values()} == {"cached"}, {k: e.status for k, e in r2.executions.items()}
@@ -58,7 +58,7 @@ def test_champion_change_reruns_evaluator_and_pusher_only(tmp_path):
     assert r3.executions["signs_train"].status == "done"
     meta3 = json.loads((r3.executions["signs_eval"].dir / "metadata.json").read_text())
     assert meta3["resolved"] == {"baseline": "models:/signs-cnn/1"}
-    assert _champion(tmp_path).version == "2"
+    assert str(_champion(tmp_path).version) == "2"
 
     r4 = _run(y, 1)
     status = {k: e.status for k, e in r4.executions.items()}
@@ -69,7 +69,7 @@ def test_champion_change_reruns_evaluator_and_pusher_only(tmp_path):
     blessing = json.loads((r4.executions["signs_eval"].dir / "blessing" / "blessing.json").read_text())
     assert blessing["baseline"]["uri"] == "models:/signs-cnn/2" and "accuracy" in blessing["baseline"]
     v3 = _champion(tmp_path)
-    assert v3.version == "3" and v3.tags["baseline"] == "models:/signs-cnn/2"
+    assert str(v3.version) == "3" and v3.tags["baseline"] == "models:/signs-cnn/2"
 
     r5 = _run(y, 1)
     assert {e.status for e in r5.executions.values()} == {"cached"}, {k: e.status for k, e in r5.executions.items()}
