@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test ui bench venv clean lock
+.PHONY: run test test-quick ui bench venv clean lock
 
 venv: $(STAMP)
 
@@ -21,6 +21,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# For development: the tests not marked slow (a few minutes); `make test` is what CI runs.
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 ui: $(STAMP)
 	$(PY) -m pipeline ui
