@@ -67,14 +67,17 @@ def test_modes_are_converted_to_rgb_at_the_configured_size(tmp_path):
     Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(root / "x" / "sixteen.png")
     Image.fromarray(np.full((20, 30, 3), 7, np.uint8)).convert("P").save(root / "x" / "palette.gif")
     gen(tmp_path, {"format": "image_folder", "path": str(root)}, split_ratios={"train": 1.0})
-    import tensorflow as tf
-
-    from data.tfrecord import classification_dataset
+    from data.tfrecord import read_split
 
     files = sorted(str(p) for p in (tmp_path / "out" / "examples" / "train").glob("*.tfrecord"))
-    imgs = [x.numpy() for x, _ in classification_dataset(files, (32, 32))]
-    assert len(imgs) == 4 and all(i.shape == (32, 32, 3) and i.dtype == np.uint8 for i in imgs)
-    assert tf.__version__
+    d = read_split(files, (32, 32))
+    assert d["images"].shape == (4, 32, 32, 3) and d["images"].dtype == np.uint8
+    by_name = {k.rsplit("/", 1)[-1].split(".")[0]: img for k, img in zip(d["keys"], d["images"])}
+    # every mode becomes a grey in all three channels at its own level; RGBA (200, 200, 200, alpha
+    # 200) is composited on white: 200 * 200/255 + 255 * 55/255 = 211.9
+    assert (by_name["grey"] == 100).all() and (by_name["rgba"] == 212).all() and (by_name["palette"] == 7).all()
+    sixteen = by_name["sixteen"]
+    assert (sixteen == sixteen[0, 0, 0]).all() and 0 < sixteen[0, 0, 0] <= 255  # 16-bit scaled into 8 bits
 
 
 def test_empty_class_folder_is_a_warning_in_the_report(tmp_path):

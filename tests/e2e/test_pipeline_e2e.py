@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import PROJECT_ROOT
@@ -209,7 +210,16 @@ def test_standalone_component(project, tmp_path):
     out = tmp_path / "stats"
     cli("component", "StatisticsGen", "--input", f"examples={examples}", "--out", str(out), cwd=d)
     stats = json.loads((out / "statistics" / "statistics.json").read_text())
-    assert stats["splits"]["train"]["num_examples"] > 0
+    from data.tfrecord import read_split
+
+    train = read_split(sorted(str(f) for f in (examples / "train").glob("*.tfrecord*")), (64, 64), label=True)
+    st = stats["splits"]["train"]
+    assert st["num_examples"] == len(train["images"]) == json.loads((examples / "schema.json").read_text())["splits"]["train"]
+    # the per-channel mean/std the Transform normalises with, recomputed from the records
+    pixels = train["images"].reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(st["mean"], pixels.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(st["std"], pixels.std(0), rtol=1e-3)
+    np.testing.assert_allclose(stats["train_mean"], pixels.mean(0), rtol=1e-4)
     assert json.loads((out / "metadata.json").read_text())["status"] == "complete"
     r = cli("component", "StatisticsGen", "--input", f"examples={tmp_path / 'nope'}", "--out", str(tmp_path / "s2"),
             cwd=d, check=False)

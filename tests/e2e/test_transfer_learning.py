@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -53,4 +54,7 @@ def test_signs_to_sign_language_digits(tmp_path):
     log = Path(result.executions["digits_train"].dir.parent.parent / "logs" / result.run_id / "digits_train.log").read_text()
     assert "transfer learning: copied" in log and "(1 kept fresh" in log  # the 6-class head is not copied
     m = json.loads((ex["digits_eval"].dir / "evaluation" / "metrics.json").read_text())
-    assert m["accuracy"] > 0.1 and len(m["per_class"]) == 10
+    cm = np.asarray(m["confusion_matrix"])
+    assert len(m["per_class"]) == 10 and m["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    # 3 epochs from the SIGNS weights: far above the 0.1 of chance on 10 classes (0.41 measured)
+    assert m["accuracy"] > 0.25
