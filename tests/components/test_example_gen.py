@@ -76,8 +76,9 @@ def test_modes_are_converted_to_rgb_at_the_configured_size(tmp_path):
     # every mode becomes a grey in all three channels at its own level; RGBA (200, 200, 200, alpha
     # 200) is composited on white: 200 * 200/255 + 255 * 55/255 = 211.9
     assert (by_name["grey"] == 100).all() and (by_name["rgba"] == 212).all()
-    palette_rgb = np.asarray(Image.open(root / "x" / "palette.gif").convert("RGB"))[0, 0]  # the palette's colour
-    assert (by_name["palette"] == palette_rgb).all()
+    # the palette image as PIL decodes it (quantised, dithered), resized: the same mean level
+    decoded = np.asarray(Image.open(root / "x" / "palette.gif").convert("RGB"), np.float64)
+    assert abs(by_name["palette"].mean() - decoded.mean()) < 2.0
     sixteen = by_name["sixteen"]
     assert (sixteen == sixteen[0, 0, 0]).all() and 0 < sixteen[0, 0, 0] <= 255  # 16-bit scaled into 8 bits
 
