@@ -108,15 +108,27 @@ class Context:
     input_fingerprints: dict = dataclasses.field(default_factory=dict)  # input name -> artifact fingerprint
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        """A progress bar for long loops that Keras does not already show: yields advance(n)."""
-        if not self.show_progress:
-            yield lambda n=1: None
+    def progress(self, description: str, total: int | None) -> Iterator[Callable[..., None]]:
+        """A progress bar for long loops that Keras does not already show: yields
+        ``advance(n=1, note="")`` (``note``: a short status shown after the bar, e.g. the loss).
+        Drawn only on a terminal; nothing is printed otherwise."""
+        import sys
+
+        if not self.show_progress or not sys.stdout.isatty():
+            yield lambda n=1, note="": None
             return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
         with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task, n)
+                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
+                      transient=True) as bar:
+            task = bar.add_task(description, total=total, note="")
+            yield lambda n=1, note="": bar.update(task, advance=n, note=note)
+
+
+def log_to_file_only(logger: logging.Logger, msg: str, *args, level: int = logging.INFO) -> None:
+    """A line for the component's log file but not for the console (per-epoch detail, tracebacks)."""
+    for h in logger.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(logger.makeRecord(logger.name, level, __file__, 0, msg, args, None))

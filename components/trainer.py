@@ -151,7 +151,7 @@ def run(ctx, inputs, params: TrainerParams):
     def fit(epochs: int, lr: float, phase: str):
         model.compile(optimizer=T.make_optimizer(params, lr), steps_per_execution=params.steps_per_execution,
                       **compile_args)
-        log = T.EpochLog(ctx, phase, ctx.work_dir / f"history-{phase}.json")
+        log = T.EpochLog(ctx, phase, ctx.work_dir / f"history-{phase}.json", epochs, monitor)
         cbs = [T.kill_safe_backup(str(ctx.work_dir / f"backup-{phase}")), *epoch_callbacks, log, keep_best]
         sched = T.lr_callback(params, lr, epochs, monitor)
         if sched is not None:
@@ -160,7 +160,7 @@ def run(ctx, inputs, params: TrainerParams):
             cbs.append(T.early_stopping(params.early_stopping, es_monitor, task.lower_is_better))
         model.fit(data.train, validation_data=data.validation, epochs=epochs, steps_per_epoch=data.steps_per_epoch,
                   callbacks=cbs, shuffle=False,  # the datasets shuffle themselves
-                  verbose=2 if ctx.show_progress else 0)
+                  verbose=0)  # EpochLog shows one bar (or a few lines) per training, not Keras' lines
         return log.history
 
     t0 = time.time()

@@ -128,16 +128,20 @@ class KeepBest(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Per-epoch metrics to the tracker (MLflow child run) and the component log, and a history
-    kept in ``state_file`` (rewritten atomically each epoch), so the history, ``epochs_run`` and
-    the tracked metrics cover every epoch across any number of interruptions. Says so when a
-    fit resumes from a checkpoint."""
+    """Per-epoch metrics to the tracker (MLflow child run) and the component's log file, and a
+    history kept in ``state_file`` (rewritten atomically each epoch), so the history,
+    ``epochs_run`` and the tracked metrics cover every epoch across any number of
+    interruptions. On the console: one progress bar per training on a terminal (epoch, loss, the
+    monitored metric, ETA), otherwise a line every quarter of the epochs; and a line saying so
+    when a fit resumes from a checkpoint."""
 
-    def __init__(self, ctx, phase: str, state_file: Path):
+    def __init__(self, ctx, phase: str, state_file: Path, epochs: int, monitor: str):
         super().__init__()
         self.ctx, self.phase, self.state_file = ctx, phase, Path(state_file)
+        self.epochs, self.monitor = epochs, monitor
         self.history: dict[str, list] = (json.loads(self.state_file.read_text())
                                          if self.state_file.exists() else {})
+        self._bar = None
 
     def on_train_begin(self, logs=None):
         start = int(getattr(self.model, "_initial_epoch", 0) or 0)
@@ -149,6 +153,14 @@ class EpochLog(keras.callbacks.Callback):
         for epoch in range(start):  # this run's tracker gets the interrupted runs' epochs too
             self.ctx.tracker.log_metrics({k: v[epoch] for k, v in self.history.items()
                                           if epoch < len(v) and not math.isnan(v[epoch])}, step=epoch)
+        self._bar = self.ctx.progress(f"{self.ctx.component_id} {self.phase}", self.epochs)
+        self._advance = self._bar.__enter__()
+        self._advance(start)
+
+    def on_train_end(self, logs=None):
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.time()
@@ -165,8 +177,18 @@ class EpochLog(keras.callbacks.Callback):
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.state_file, json.dumps(self.history))
         self.ctx.tracker.log_metrics(logs, step=epoch)
-        self.ctx.logger.info("%s epoch %d: %s", self.phase, epoch + 1,
-                             ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+        from components.base import log_to_file_only
+
+        log_to_file_only(self.ctx.logger, "%s epoch %d: %s", self.phase, epoch + 1,
+                         ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+        note = f"loss {logs['loss']:.4g}" + (f", {self.monitor} {logs[self.monitor]:.4g}"
+                                             if self.monitor != "loss" and self.monitor in logs else "")
+        self._advance(1, note)
+        import sys
+
+        every = max(1, self.epochs // 4)
+        if self.ctx.show_progress and not sys.stdout.isatty() and ((epoch + 1) % every == 0 or epoch + 1 == self.epochs):
+            self.ctx.logger.info("%s epoch %d/%d: %s", self.phase, epoch + 1, self.epochs, note)
 
 
 def resolve_monitor(requested: str, reported: set[str], has_eval: bool, default: str, what: str, logger) -> str:

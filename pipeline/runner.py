@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.base import DEFAULT_TRACKING_URI, ComponentError, Context
+from components.base import DEFAULT_TRACKING_URI, ComponentError, Context, log_to_file_only
 from components.registry import get_spec, spec_module
 from pipeline import fingerprint as fp
 from pipeline.config import Pipeline
@@ -110,12 +110,6 @@ def _component_logger(log_path: Path, cid: str, console=None) -> logging.Logger:
         rh.setFormatter(logging.Formatter(f"[{cid}] %(message)s"))
         logger.addHandler(rh)
     return logger
-
-
-def _log_to_file_only(logger: logging.Logger, msg: str, *args) -> None:
-    for h in logger.handlers:
-        if isinstance(h, logging.FileHandler):
-            h.handle(logger.makeRecord(logger.name, logging.WARNING, __file__, 0, msg, args, None))
 
 
 def _close_logger(logger: logging.Logger) -> None:
@@ -326,7 +320,7 @@ class Runner:
             ex.duration = time.time() - t0
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 ex.status, ex.error = "killed", "interrupted"
-                _log_to_file_only(logger, "%s interrupted after %.1fs", cid, ex.duration)
+                log_to_file_only(logger, "%s interrupted after %.1fs", cid, ex.duration)
                 self.store.record_update(row, status="killed", duration=ex.duration, error=ex.error,
                                          mlflow_run_id=ex.mlflow_run_id)
                 raise
@@ -335,7 +329,7 @@ class Runner:
             # one clear line on the console; the traceback goes to the log file (and, with
             # --verbose, to the console too)
             logger.error("%s failed: %s", cid, ex.error)
-            _log_to_file_only(logger, "%s", traceback.format_exc())
+            log_to_file_only(logger, "%s", traceback.format_exc())
             if self.verbose and self.console is not None:
                 self.console.print(traceback.format_exc(), markup=False, highlight=False)
             ex.error += f"  (log: {log_path})"

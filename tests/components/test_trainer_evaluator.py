@@ -217,14 +217,14 @@ def test_epoch_log_history_covers_every_epoch_across_a_resume(tmp_path):
     ctx = Context(outputs={}, work_dir=tmp_path, logger=logging.getLogger("t"))
     m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     m.compile(optimizer="sgd", loss="mse")
-    log = EpochLog(ctx, "train", tmp_path / "h.json")
+    log = EpochLog(ctx, "train", tmp_path / "h.json", 5, "loss")
     log.set_model(m)
     log.on_train_begin()
     for epoch in range(3):
         log.on_epoch_begin(epoch)
         log.on_epoch_end(epoch, {"loss": float(10 - epoch)})
     m._initial_epoch = 2  # BackupAndRestore's checkpoint said: epoch 3 is next (the third was lost)
-    log2 = EpochLog(ctx, "train", tmp_path / "h.json")
+    log2 = EpochLog(ctx, "train", tmp_path / "h.json", 5, "loss")
     log2.set_model(m)
     log2.on_train_begin()
     for epoch in range(2, 5):
