@@ -1,7 +1,12 @@
 """Pascal VOC reader (``Annotations/*.xml`` + ``JPEGImages/`` + optional ``ImageSets/Main/*.txt``).
 
-``list_refs(root, split=None, class_names=None, bad_boxes="drop")`` lists one ``Ref`` per
-annotation file; ``load(ref)`` returns an ``ImageRecord`` with boxes in absolute pixels
+Layouts: ``Annotations/`` + ``JPEGImages/`` (VOC's own), ``annotations/`` + ``images/`` and
+XML files lying beside their images are found by themselves, in the given folder or one level
+below; any other layout is named with ``annotations_dir`` and ``images_dir`` (relative to the
+folder). A folder that does not exist is its own error.
+
+``list_refs(root, split=None, class_names=None, bad_boxes="drop", annotations_dir=None,
+images_dir=None)`` lists one ``Ref`` per annotation file; ``load(ref)`` returns an ``ImageRecord`` with boxes in absolute pixels
 ``[xmin, ymin, xmax, ymax]`` (VOC's 1-based integer corners are kept as written; a box is
 inside the image when ``0 <= xmin < xmax <= width``, same for y), ``box_labels`` (index into
 the class names) and ``box_names``.
@@ -41,15 +46,37 @@ POLICIES = ("drop", "clip", "fail")
 _SPLIT_FILES = ("train", "val", "test")
 
 
-def _root_dir(root) -> Path:
-    """Accept the VOC folder itself or its parent (e.g. ``bccd/`` holding ``BCCD/``)."""
+# The common layouts: (annotations folder, images folder) relative to the dataset folder.
+LAYOUTS = (("Annotations", "JPEGImages"), ("annotations", "images"), ("Annotations", "Images"),
+           ("annotations", "JPEGImages"))
+
+
+def _layout(root, annotations_dir: str | None = None, images_dir: str | None = None) -> tuple[Path, Path, Path]:
+    """(dataset folder, annotations folder, images folder). Explicit ``annotations_dir`` /
+    ``images_dir`` (relative to ``root``) win; otherwise the common layouts are tried in ``root``
+    and one level below (``bccd/`` holding ``BCCD/``), then XML files lying beside the images."""
     root = Path(root)
-    if (root / "Annotations").is_dir():
-        return root
-    subs = [p for p in root.iterdir() if p.is_dir() and (p / "Annotations").is_dir()] if root.is_dir() else []
-    if len(subs) == 1:
-        return subs[0]
-    raise FileNotFoundError(f"{root}: not a Pascal VOC folder (no Annotations/ inside it or one level below)")
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder (a Pascal VOC dataset is a folder)")
+    if annotations_dir or images_dir:
+        ann = root / (annotations_dir or "Annotations")
+        img = root / (images_dir or "JPEGImages")
+        for d, opt in ((ann, "annotations_dir"), (img, "images_dir")):
+            if not d.is_dir():
+                raise FileNotFoundError(f"{d}: no such folder ({opt})")
+        return root, ann, img
+    for base in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        for a, i in LAYOUTS:
+            if (base / a).is_dir():
+                img = base / i if (base / i).is_dir() else base / a
+                return base, base / a, img
+    if any(root.glob("*.xml")):
+        return root, root, root
+    raise FileNotFoundError(
+        f"{root}: not a Pascal VOC folder: no {', '.join('/'.join(x) for x in LAYOUTS)} inside it or one level "
+        "below, and no .xml files in it; name the folders with source.options annotations_dir and images_dir")
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -68,11 +95,14 @@ def _split_of(root: Path) -> dict[str, str]:
     return membership
 
 
-def discover_classes(root, ids=None) -> list[str]:
+def discover_classes(root, ids=None, annotations_dir: str | None = None, images_dir: str | None = None) -> list[str]:
     """Sorted set of object names in the annotation files (all, or those in ``ids``); malformed
     files are skipped here (``load`` reports them)."""
-    root = _root_dir(root)
-    files = [root / "Annotations" / f"{i}.xml" for i in ids] if ids is not None else sorted((root / "Annotations").glob("*.xml"))
+    return _discover(_layout(root, annotations_dir, images_dir)[1], ids)
+
+
+def _discover(ann: Path, ids=None) -> list[str]:
+    files = [ann / f"{i}.xml" for i in ids] if ids is not None else sorted(ann.glob("*.xml"))
     names = set()
     for f in files:
         try:
@@ -85,11 +115,12 @@ def discover_classes(root, ids=None) -> list[str]:
     return sorted(names)
 
 
-def list_refs(root, split: str | None = None, class_names=None, bad_boxes: str = "drop") -> list[Ref]:
+def list_refs(root, split: str | None = None, class_names=None, bad_boxes: str = "drop",
+              annotations_dir: str | None = None, images_dir: str | None = None) -> list[Ref]:
     """One ``Ref`` per annotation (sorted by id). See the module docstring for the parameters."""
     if bad_boxes not in POLICIES:
         raise ValueError(f"bad_boxes must be one of {POLICIES}, got {bad_boxes!r}")
-    root = _root_dir(root)
+    root, ann, img = _layout(root, annotations_dir, images_dir)
     membership = _split_of(root)
     if split is not None:
         listing = root / "ImageSets" / "Main" / f"{split}.txt"
@@ -97,21 +128,21 @@ def list_refs(root, split: str | None = None, class_names=None, bad_boxes: str =
             raise FileNotFoundError(f"split {split!r}: {listing} does not exist")
         ids = _read_ids(listing)
     else:
-        ids = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
-    names = tuple(class_names) if class_names is not None else tuple(discover_classes(root, ids))
-    extra = (("class_names", names), ("bad_boxes", bad_boxes), ("root", str(root)))
-    return [Ref(key=i, source=str(root / "Annotations" / f"{i}.xml"),
+        ids = sorted(p.stem for p in ann.glob("*.xml"))
+    names = tuple(class_names) if class_names is not None else tuple(_discover(ann, ids))
+    extra = (("class_names", names), ("bad_boxes", bad_boxes), ("root", str(root)), ("images", str(img)))
+    return [Ref(key=i, source=str(ann / f"{i}.xml"),
                 split=split if split is not None else membership.get(i), extra=extra) for i in sorted(ids)]
 
 
-def _image_path(root: Path, xml_root, stem: str) -> Path:
+def _image_path(images: Path, xml_root, stem: str) -> Path:
     fname = (xml_root.findtext("filename") or "").strip()
-    if fname and (root / "JPEGImages" / fname).is_file():
-        return root / "JPEGImages" / fname
+    if fname and (images / fname).is_file():
+        return images / fname
     for ext in (".jpg", ".jpeg", ".png", ".JPG", ".bmp"):
-        if (root / "JPEGImages" / f"{stem}{ext}").is_file():
-            return root / "JPEGImages" / f"{stem}{ext}"
-    return root / "JPEGImages" / (fname or f"{stem}.jpg")
+        if (images / f"{stem}{ext}").is_file():
+            return images / f"{stem}{ext}"
+    return images / (fname or f"{stem}.jpg")
 
 
 def check_boxes(key, raw_boxes, names, class_names, width, height, policy):
@@ -165,7 +196,7 @@ def check_boxes(key, raw_boxes, names, class_names, width, height, policy):
 
 def load(ref: Ref) -> ImageRecord:
     params = dict(ref.extra)
-    root = Path(params["root"])
+    images = Path(params.get("images") or Path(params["root"]) / "JPEGImages")
     try:
         xml_root = ET.parse(ref.source).getroot()
     except FileNotFoundError:
@@ -174,7 +205,7 @@ def load(ref: Ref) -> ImageRecord:
         raise BadRecord(ref.key, f"malformed XML {ref.source}: {e}") from None
     if xml_root.tag != "annotation":
         raise BadRecord(ref.key, f"malformed XML {ref.source}: root element <{xml_root.tag}>, expected <annotation>")
-    image_path = _image_path(root, xml_root, ref.key)
+    image_path = _image_path(images, xml_root, ref.key)
     image = read_image_file(str(image_path), ref.key)
     height, width = image.shape[:2]
 

@@ -208,3 +208,33 @@ def test_example_gen_reports_dropped_boxes_and_fails_past_the_threshold(tmp_path
     assert not (tmp_path / "strict").exists()
     meta = run_single("ExampleGen", {}, {**src, "max_dropped_box_fraction": 0.2}, tmp_path / "loose")
     assert meta["metrics"]["records"] == 6
+
+
+@pytest.mark.parametrize("layout", ["voc", "lower", "beside", "named"])
+def test_voc_layouts(tmp_path, layout):
+    """VOC's own folders, annotations/ + images/, XML beside the images, or folders named by
+    option: the same records either way."""
+    xml = f"<annotation><filename>a.jpg</filename>{_obj('cat', 1, 2, 10, 12)}</annotation>"
+    ann, img = {"voc": ("Annotations", "JPEGImages"), "lower": ("annotations", "images"), "beside": ("", ""),
+                "named": ("labels/xml", "pictures")}[layout]
+    (tmp_path / ann).mkdir(parents=True, exist_ok=True)
+    (tmp_path / img).mkdir(parents=True, exist_ok=True)
+    (tmp_path / ann / "a.xml").write_text(xml)
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / img / "a.jpg")
+    opts = {"annotations_dir": ann, "images_dir": img} if layout == "named" else {}
+    refs = voc.list_refs(tmp_path, **opts)
+    assert [r.key for r in refs] == ["a"]
+    rec = voc.load(refs[0])
+    np.testing.assert_array_equal(rec.boxes, [[1, 2, 10, 12]])
+    assert rec.image.shape == (30, 40, 3)
+
+
+def test_voc_missing_folder_and_unknown_layout_are_different_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        voc.list_refs(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a Pascal VOC folder.*annotations_dir and images_dir"):
+        voc.list_refs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no such folder \\(images_dir\\)"):
+        (tmp_path / "x" / "ann").mkdir(parents=True)
+        voc.list_refs(tmp_path / "x", annotations_dir="ann", images_dir="imgs")
