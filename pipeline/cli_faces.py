@@ -210,7 +210,8 @@ def verify(db, model, name, threshold, tracking_uri, image):
         face = _model_for(fdb, model, tracking_uri)
         enrolled = fdb.embeddings_for(name)
         if len(enrolled) == 0:
-            raise FaceCommandError(f"{name!r} is not enrolled in {db} (enrolled: {', '.join(fdb.identities()) or 'nobody'})")
+            raise FaceCommandError(f"nobody called \"{name}\" is enrolled in {db} (not enrolled; enrolled: "
+                                   f"{', '.join(fdb.identities()) or 'nobody yet'})")
         t = _threshold(face, threshold)
         emb = face.embed_files([image])[0]
         dist = float(np.min(np.linalg.norm(enrolled - emb, axis=1)))

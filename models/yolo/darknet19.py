@@ -111,8 +111,8 @@ def load_course_model(weights_path, input_shape=(608, 608, 3), num_anchors=5, nu
     path = Path(weights_path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"YOLOv2 weights file not found: {path} (option weights_path / --weights: pass the "
-            "course's yolo.h5; pretrained weights cannot be downloaded here)")
+            f"YOLOv2 weights file not found: {path} (weights_path; `python -m pipeline detect --model PATH`: "
+            "the course's yolo.h5 with --classes and --anchors; pretrained weights cannot be downloaded here)")
     if path.suffix.lower() not in (".h5", ".hdf5"):
         raise ValueError(f"YOLOv2 weights {path}: expected a Keras .h5/.hdf5 file (option weights_path)")
     import h5py
