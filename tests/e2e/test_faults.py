@@ -80,3 +80,33 @@ def test_ctrl_c_is_one_line_exit_130_and_runs_killed(tmp_path):
     assert statuses["signs_train"] == "KILLED" and any(s == "KILLED" for n, s in statuses.items() if "cnn-pipeline" in n)
     r = cli("list", "--pipeline", str(y), cwd=tmp_path)
     assert "running" not in r.stdout
+
+
+def test_three_concurrent_runs_on_one_root_keep_consistent_records(tmp_path):
+    """Two runs with the same params and one with another Trainer setting, at once, through the
+    Trainer and the Pusher: all complete, each execution is recorded once per run, every Pusher
+    that ran registered one version, and @champion names a registered, blessed version."""
+    import sqlite3
+
+    y = signs_only_yaml(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    variants = [_set("signs_train.epochs=2"), _set("signs_train.epochs=2"), _set("signs_train.epochs=3")]
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(y), "--quiet", *v], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in variants]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    ids = [last_run_id(o[0]) for o in outs]
+    db = sqlite3.connect(tmp_path / "pipeline_root" / "executions.db")
+    for rid in ids:
+        rows = db.execute("SELECT component, status FROM executions WHERE pipeline_run = ?", (rid,)).fetchall()
+        assert sorted(c for c, _ in rows) == sorted(set(c for c, _ in rows)) and len(rows) == 7, rows
+        assert {s for _, s in rows} <= {"done", "cached"}
+    pushes = db.execute("SELECT count(*) FROM executions WHERE component = 'signs_push' AND status = 'done'").fetchone()[0]
+    db.close()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    versions = client.search_model_versions("name='signs-cnn'")
+    assert len(versions) == pushes >= 2  # one version per Pusher that ran (the two settings at least)
+    champion = client.get_model_version_by_alias("signs-cnn", "champion")
+    assert champion.version in {v.version for v in versions} and champion.tags["blessed"] == "true"
