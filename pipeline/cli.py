@@ -94,17 +94,49 @@ def _print_summary(result, p):
     from rich.console import Console
 
     c = Console()
+    c.print()  # never glued to the status table's last border
     for e in result.executions.values():
         if e.status == "failed":
             c.print(f"[bold red]✘ {e.component} ({e.type}) failed:[/] {e.error}")
         elif e.status == "skipped":
             c.print(f"[magenta]– {e.component} skipped:[/] {e.error}")
+    for line in _results_lines(result, p):
+        click.echo(line)
     counts = {}
     for e in result.executions.values():
         counts[e.status] = counts.get(e.status, 0) + 1
     # one plain line (not wrapped by rich at 80 columns): scripts read the run id from it
     click.echo(f"pipeline run {result.run_id}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
                + (f"; MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else ""))
+
+
+# the headline numbers of each task's Evaluator, in the order they are shown
+_HEADLINES = (("accuracy", "accuracy"), ("map_50", "mAP@.5"), ("roc_auc", "ROC AUC"), ("eer", "EER"))
+
+
+def _results_lines(result, p) -> list[str]:
+    """What the run produced: each Evaluator's headline metrics and blessing, each Pusher's
+    registered version and alias, then where to look next."""
+    lines = []
+    pushed = {}
+    for e in result.executions.values():
+        if e.type == "Pusher" and e.metrics.get("pushed"):
+            name = p.components[e.component].params.registered_model_name
+            v = int(e.metrics.get("registered_version", 0))
+            pushed[p.components[e.component].inputs["blessing"][0]] = (
+                f"-> {name} v{v}" + (" @champion" if e.metrics.get("alias_moved") else " (alias unchanged)"))
+    for e in result.executions.values():
+        if e.type != "Evaluator" or e.status not in ("done", "cached") or not e.metrics:
+            continue
+        nums = ", ".join(f"{label} {e.metrics[k]:.3f}" for k, label in _HEADLINES if k in e.metrics)
+        blessed = "blessed" if e.metrics.get("blessed") else "NOT blessed"
+        lines.append(f"  {e.component}: {nums}; {blessed} {pushed.get(e.component, '')}".rstrip())
+    if lines:
+        lines.insert(0, "results:")
+    if pushed:
+        lines.append("next: make ui (http://127.0.0.1:5000, the runs of experiment "
+                     f"{p.config.tracking.experiment}), or python -m pipeline predict --model models:/NAME@champion IMAGE")
+    return lines
 
 
 @main.command("validate")

@@ -102,3 +102,21 @@ def test_command_groups_take_their_helpers_from_cli_common_not_cli():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
             a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert "pipeline.cli" not in imported, name
+
+
+def test_closing_summary_shows_results_blessings_and_versions():
+    from pipeline.cli import _results_lines
+    from pipeline.config import load_pipeline
+    from pipeline.runner import Execution, RunResult
+
+    p = load_pipeline(PROJECT_ROOT / "pipeline.yaml")
+    ex = {"signs_eval": Execution("signs_eval", "Evaluator", "done", metrics={"accuracy": 0.9123, "blessed": 1.0}),
+          "signs_push": Execution("signs_push", "Pusher", "done", metrics={"pushed": 1.0, "registered_version": 4.0,
+                                                                         "alias_moved": 1.0}),
+          "shapes_eval": Execution("shapes_eval", "Evaluator", "cached", metrics={"map_50": 0.5, "blessed": 0.0}),
+          "faces_eval": Execution("faces_eval", "Evaluator", "failed", error="boom")}
+    lines = _results_lines(RunResult("r", ex, None), p)
+    assert lines[0] == "results:"
+    assert "  signs_eval: accuracy 0.912; blessed -> signs-cnn v4 @champion" in lines
+    assert "  shapes_eval: mAP@.5 0.500; NOT blessed" in lines
+    assert not any("faces_eval" in ln for ln in lines) and lines[-1].startswith("next: make ui")
