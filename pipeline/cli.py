@@ -21,7 +21,8 @@ from pipeline.cli_stylize import stylize
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-def main():
+@click.option("-v", "--verbose", is_flag=True, help="Show every library's start-up lines, warnings and tracebacks.")
+def main(verbose):
     """A TFX-style computer-vision pipeline: ExampleGen -> StatisticsGen -> ExampleValidator ->
     Transform -> Trainer -> Evaluator -> Pusher, run by a DAG runner with a content-hash cache
     and tracked in MLflow (one parent run per pipeline run, one child run per component).
@@ -37,6 +38,10 @@ def main():
     Exit status (every command): 0 ok; 1 a component, data or model failure; 2 a usage or
     configuration error; 130 interrupted (Ctrl-C: a rerun resumes, the cache keeps what finished).
     """
+    if verbose:
+        import pipeline.cli_common as common
+
+        common.VERBOSE = True
 
 
 @main.command()
@@ -52,6 +57,9 @@ def main():
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of failures on the console (always in the log).")
 def run(pipeline_file, only, from_, to, no_cache, overrides, no_tracking, quiet, verbose):
     """Run PIPELINE_FILE (default pipeline.yaml), all of it or a part."""
+    import pipeline.cli_common as common
+
+    common.VERBOSE = verbose = verbose or common.VERBOSE
     from pipeline.config import ConfigError, load_pipeline
 
     try:

@@ -11,7 +11,9 @@ import sys
 
 import click
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+VERBOSE = False  # set by -v/--verbose: show every library's start-up lines and warnings
 
 
 def console():
@@ -28,17 +30,45 @@ def fail(msg: str, code: int = 1):
 
 
 def quiet_libraries():
-    """Silence the heavy libraries' logging and warnings; call before importing them."""
+    """Silence the heavy libraries before they are imported: their Python logging and warnings,
+    Beam's "apitools not found" line, and the lines TensorFlow's C++ runtime writes straight to
+    the process's stderr at start-up (oneDNN, CUDA drivers, cuInit on machines without a GPU),
+    which no environment variable turns off in TF 2.21. With -v/--verbose nothing is hidden."""
     import logging
     import warnings
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if VERBOSE:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for name in ("apache_beam", "absl", "tensorflow", "mlflow", "alembic", "h5py", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    logging.getLogger().setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    root.addFilter(lambda record: "apitools not found" not in record.getMessage())
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    _silence_native_stderr()
+
+
+def _silence_native_stderr() -> None:
+    """Send file descriptor 2 (what C++ libraries write to) to /dev/null, and keep Python's
+    sys.stderr (click's errors, warnings, tracebacks) on a copy of the original. Only for the
+    real command line: under a test runner sys.stderr is not the process's own."""
+    if getattr(_silence_native_stderr, "done", False) or sys.stderr is not sys.__stderr__:
+        return
+    try:
+        sys.stderr.flush()
+        keep = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except OSError:
+        return
+    sys.stderr = sys.__stderr__ = os.fdopen(keep, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                                            errors="backslashreplace")
+    _silence_native_stderr.done = True
 
 
 def parse_kv(items, what: str) -> dict:
