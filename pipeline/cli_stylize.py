@@ -91,7 +91,7 @@ def stylize(content, style, out, iterations, size, weights, alpha, beta, learnin
         from pipeline.stylize_progress import announce_weights, progress_bar
 
         try:
-            if not no_progress:
+            if not no_progress and w is not None:  # random weights: the note above said it already
                 announce_weights(st.describe_weights(w))
             with progress_bar(not no_progress, iterations) as show:
                 res = st.run_style_transfer(content_path, style_path, out_path, size=size_wh, iterations=iterations,

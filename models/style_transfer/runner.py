@@ -44,7 +44,7 @@ def run_style_transfer(content_path, style_path, out_path, *, size=(400, 300), i
     that step, evaluated before its update). ``extractor``: a prebuilt
     ``build_feature_extractor`` model of this size, to reuse across calls.
     ``on_step(iteration, costs)``: called after every step (see ``optimize_image``).
-    Random weights are named in a warning on this module's logger (the result is a texture).
+    Random weights (a texture, not a painting) are for the caller to announce; logged at INFO here.
 
     Writes ``out_path`` (PNG), ``<stem>_grid.png`` (content | style | result) and
     ``<stem>_costs.png`` (cost curve), each to a temporary name first and renamed into place
@@ -71,7 +71,7 @@ def run_style_transfer(content_path, style_path, out_path, *, size=(400, 300), i
 
     weights_desc = describe_weights(weights)
     if _is_random(weights):
-        log.warning("style transfer with %s", weights_desc)
+        log.info("style transfer with %s", weights_desc)  # callers say it to the user once
     if extractor is None:
         extractor = build_feature_extractor(weights, style_layers, content_layer, (height, width, 3), seed=seed)
 
