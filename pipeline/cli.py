@@ -142,7 +142,7 @@ def _results_lines(result, p) -> list[str]:
     if lines:
         lines.insert(0, "results:")
     if pushed:
-        lines.append("next: make ui (http://127.0.0.1:5000, the runs of experiment "
+        lines.append(f"next: make ui (http://127.0.0.1:5000/#/?{ML_VIEW}, the runs of experiment "
                      f"{p.config.tracking.experiment}), or python -m pipeline predict --model models:/NAME@champion IMAGE")
     return lines
 
@@ -269,12 +269,17 @@ def ui(pipeline_file, host, port, backend_store_uri):
             uri = DEFAULT_TRACKING_URI
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", "1"]
-    click.echo(f"MLflow UI: http://{host}:{port}  (tracking DB {uri}; Ctrl-C to stop)")
+    # MLflow 3.17's UI keeps a "workflow type" (GenAI or model training) that a first visit sets to
+    # GenAI; the URL parameter workflowType=machine_learning selects the model-training view.
+    view = f"?{ML_VIEW}"
+    click.echo(f"MLflow UI: http://{host}:{port}/#/{view}  (tracking DB {uri}; Ctrl-C to stop)")
     for name, exp_id in _experiments(uri):
-        # MLflow 3.17 opens on its GenAI home page: link straight to each pipeline's training runs
-        click.echo(f"  {name}: http://{host}:{port}/#/experiments/{exp_id}/runs")
-    click.echo(f"  registered models: http://{host}:{port}/#/models")
+        click.echo(f"  {name}: http://{host}:{port}/#/experiments/{exp_id}/runs{view}")
+    click.echo(f"  registered models: http://{host}:{port}/#/models{view}")
     sys.exit(_serve_until_stopped(cmd))
+
+
+ML_VIEW = "workflowType=machine_learning"
 
 
 def _serve_until_stopped(cmd: list[str]) -> int:

@@ -330,17 +330,36 @@ def test_ui_serves_runs_and_registered_model(ui_server):
     assert any(a["alias"] == "champion" for a in m.get("aliases", []))
 
 
-def test_ui_opens_on_the_training_runs_in_a_browser(ui_server):
-    """A headless Chromium renders the experiment's runs page (not the GenAI view)."""
-    base, exp_id, d = ui_server
+def _chromium(d, url, *extra):
     chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(c).exists()), None)
     if chromium is None:
         pytest.skip("no Chromium on this machine (.ci/run installs it): the browser check did not run")
     r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={d / 'chrome'}", "--virtual-time-budget=15000", "--dump-dom",
-                        f"{base}/#/experiments/{exp_id}/runs"], capture_output=True, text=True, timeout=120)
-    assert "Training runs" in r.stdout and "cnn-pipeline" in r.stdout
+                        f"--user-data-dir={d / ('chrome-' + str(abs(hash(url + str(extra)))))}",
+                        "--virtual-time-budget=15000", "--window-size=1280,800", *extra, url],
+                       capture_output=True, text=True, timeout=120)
+    return r.stdout
+
+
+def test_ui_opens_on_the_training_runs_in_a_browser(ui_server):
+    """A headless Chromium on the links `pipeline ui` prints: the model-training view (its
+    sidebar has the model registry, not GenAI's prompts and MCP registry) on the experiment's runs; the
+    bare root opens in MLflow's GenAI view, so the URL parameter is what selects it."""
+    from pipeline.cli import ML_VIEW
+
+    base, exp_id, d = ui_server
+    runs = _chromium(d, f"{base}/#/experiments/{exp_id}/runs?{ML_VIEW}", "--dump-dom")
+    # the experiment's runs table (a pipeline run's row) in the model-training view
+    assert "cnn-pipeline 2" in runs and "Hide run" in runs and "Model registry" in runs and "Prompts" not in runs
+    home = _chromium(d, f"{base}/#/?{ML_VIEW}", "--dump-dom")
+    assert "Model registry" in home and "MCP registry" not in home  # the sidebar of model training
+    assert "MCP registry" in _chromium(d, f"{base}/#/", "--dump-dom")  # MLflow's own default: GenAI
+    shot = d / "ui_model_training.png"
+    _chromium(d, f"{base}/#/experiments/{exp_id}/runs?{ML_VIEW}", f"--screenshot={shot}")
+    from PIL import Image
+
+    assert Image.open(shot).size == (1280, 800)
 
 
 def test_help_is_fast_and_imports_no_tensorflow():
