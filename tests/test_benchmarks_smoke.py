@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -88,19 +89,59 @@ def test_example_gen_skips_without_dataset(tmp_path, capsys):
 @pytest.mark.slow
 def test_faces_benchmark_quick_with_multi_scale_views(tmp_path, monkeypatch):
     """`python -m benchmarks faces --quick` end to end on the real AT&T faces (a few training
-    steps): the report has the headline metrics and the views it embedded with."""
+    steps): the report's headline AUC and rank-1 are those of the test embeddings it computed
+    (recomputed here from their distances), and those embeddings average the views asked for."""
     import benchmarks.bench_faces as bench
     import benchmarks.common as common
 
     if not (common.DATASETS / "att_faces").exists():
         pytest.skip("../shared/datasets/att_faces not available")
+    import components.metrics.verification as verification
+    from sklearn.metrics import roc_auc_score
+
+    from components.tasks.embedding import embed
+
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    # record what the benchmark embeds and what it hands to the metrics
+    embedded, reports = [], []
+    real_embed, real_report = bench._embed, verification.verification_report
+
+    def spy_embed(model, x, *args, **kwargs):
+        e = real_embed(model, x, *args, **kwargs)
+        embedded.append((model, x, args, kwargs, e))
+        return e
+
+    def spy_report(embeddings=None, labels=None, **kwargs):
+        reports.append((np.asarray(embeddings), np.asarray(labels), kwargs))
+        return real_report(embeddings, labels, **kwargs)
+
+    monkeypatch.setattr(bench, "_embed", spy_embed)
+    monkeypatch.setattr(verification, "verification_report", spy_report)
     out = bench.main(["--quick", "--no-throughput", "--flip-eval", "--tta-scales", "1", "0.8",
                       "--result-name", "faces_quick"])
     assert out["config"]["tta_scales"] == [1.0, 0.8]
     t = out["test"]
-    assert 0.5 <= t["balanced_accuracy_mean"] <= 1.0 and 0.0 <= t["roc_auc"] <= 1.0
+    # the headline AUC and rank-1 are those of the test embeddings, recomputed here from their
+    # distances on every pair of the 100 unseen images (s31-s40, 10 each)
+    emb, labels, _ = next(r for r in reports if r[2].get("plot_dir") is not None)
+    assert emb.shape[0] == 100 and sorted(np.unique(labels, return_counts=True)[1]) == [10] * 10
+    i, j = np.triu_indices(len(labels), 1)
+    dist = np.linalg.norm(emb[i] - emb[j], axis=1)
+    same = labels[i] == labels[j]
+    assert len(dist) == out["test_all_pairs"]["num_pairs"] == 4950 and same.sum() == 450
+    assert t["roc_auc"] == pytest.approx(roc_auc_score(same, -dist), abs=1e-9)
+    # rank-1 with one enrolled image per person (the first of each), the 90 others as probes
+    gallery = np.array([np.flatnonzero(labels == lab)[0] for lab in np.unique(labels)])
+    probes = np.setdiff1d(np.arange(len(labels)), gallery)
+    nearest = np.linalg.norm(emb[probes][:, None] - emb[gallery][None], axis=-1).argmin(1)
+    assert t["rank1_accuracy"] == pytest.approx(float(np.mean(labels[gallery][nearest] == labels[probes])))
+    assert out["test_balanced_pairs"]["num_pairs"] == 900  # all 450 matched + 450 mismatched
+    # those embeddings average the flip and 0.8-crop views of the trained model (not one view)
+    model, x, args, kwargs, e = next(c for c in embedded if c[4] is not None and np.array_equal(c[4], emb))
+    np.testing.assert_allclose(emb, embed(model, x, flip=True, scales=[1.0, 0.8]), atol=1e-5)
+    single = embed(model, x)
+    assert not np.allclose(emb, single, atol=1e-3)
     assert (tmp_path / "faces_quick.json").exists()
     assert (tmp_path / "faces_quick" / "roc.png").stat().st_size > 1000
 
