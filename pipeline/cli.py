@@ -205,6 +205,43 @@ def list_cmd(pipeline_file, root, limit, run_id):
     Console(width=None if sys.stdout.isatty() else 220).print(t)
 
 
+@main.command("graph")
+@click.argument("pipeline_file", default="pipeline.yaml", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE.png|FILE.svg",
+              help="Draw the picture into this file (.png, .svg or .pdf); without it, print the text version.")
+@click.option("--run", "run_id", help="Colour by the statuses of this pipeline run (default: each component's last).")
+def graph_cmd(pipeline_file, out, run_id):
+    """Draw PIPELINE_FILE's DAG (default pipeline.yaml): components left to right by depth, artifact
+    edges labelled with the output name, each component coloured by its last status in the artifact
+    store (done, cached, failed, killed, skipped, not run).
+
+    \b
+    Examples:
+      python -m pipeline graph                          one line per component: status and inputs
+      python -m pipeline graph --out dag.png            the picture (matplotlib; .svg works too)
+      python -m pipeline graph --run 20260101-120000-abcdef --out run.png
+    """
+    from pipeline.config import ConfigError, load_pipeline
+
+    try:
+        p = load_pipeline(pipeline_file)
+    except ConfigError as e:
+        _fail(f"invalid pipeline:\n{e}", 2)
+    from pipeline import graph
+
+    if out and not graph.supported_suffix(out):
+        _fail(f"--out {out}: expected a .png, .svg or .pdf file", 2)
+    statuses = graph.store_statuses(p.root, p.config.name, run_id)
+    if run_id and not statuses:
+        _fail(f"no executions of pipeline run {run_id} under {p.root}", 1)
+    if out is None:
+        for line in graph.text_lines(p, statuses):
+            click.echo(line)
+        return
+    title = f"{p.config.name}: pipeline run {run_id}" if run_id else None
+    click.echo(f"wrote {graph.draw(p, statuses, out, title=title)}")
+
+
 @main.command()
 @click.argument("component_type")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=PATH", help="Input artifact folder (repeatable).")

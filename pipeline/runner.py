@@ -249,6 +249,13 @@ class Runner:
                 tracking.tag_parent({"cache_hits": ",".join(hits), "executed": str(sum(
                     e.status in ("done", "failed", "killed") for e in execs.values())),
                     "replay": str(bool(hits) and len(hits) == len(execs)).lower()})
+                try:  # the DAG coloured by this run's statuses; drawing never fails the run
+                    from pipeline.graph import log_to_parent
+
+                    log_to_parent(tracking, p, {c: e.status for c, e in execs.items()},
+                                  title=f"{p.config.name}: pipeline run {run_id}")
+                except Exception as e:  # noqa: BLE001
+                    logging.getLogger(__name__).warning("pipeline graph not logged to MLflow: %s", e)
                 tracking.end_parent(end_status or ("FINISHED" if not failed_or_skipped else "FAILED"))
         return RunResult(run_id, execs, parent_id)
 
