@@ -137,7 +137,7 @@ def run(ctx, inputs, params: TrainerParams):
     if "base_model" in inputs:  # transfer learning from another Trainer of the pipeline
         T.load_init_weights(core, str(Path(inputs["base_model"]) / "model.keras"), ctx.logger)
     elif params.init_weights:
-        T.load_init_weights(core, params.init_weights, ctx.logger)
+        T.load_init_weights(core, params.init_weights, ctx.logger, ctx.tracking_uri)
 
     reported = task.reported_metrics(tc, data)
     monitor = T.resolve_monitor(params.best_metric, reported, data.has_eval, task.default_best_metric,

@@ -221,7 +221,7 @@ def all_layers(model) -> list:
     return out
 
 
-def load_init_weights(model, source: str, logger) -> None:
+def load_init_weights(model, source: str, logger, tracking_uri: str | None = None) -> None:
     """Load weights into `model` from a file or a registered model, matching layers by name and
     shape (a model trained with another number of classes keeps its own head)."""
     if source == "imagenet":
@@ -231,7 +231,7 @@ def load_init_weights(model, source: str, logger) -> None:
         try:
             from components.model_uri import fetch_keras
 
-            source = str(fetch_keras(source)[0] / "model.keras")
+            source = str(fetch_keras(source, tracking_uri)[0] / "model.keras")
         except Exception as e:
             raise ComponentError(f"init_weights: cannot load {source}: {type(e).__name__}: {e}") from None
     p = Path(source)

@@ -216,13 +216,6 @@ def test_init_weights_from_the_registered_champion(data, classifier, registry, t
     assert not np.array_equal(_first_conv(tmp_path / "fresh" / "model")[0], _first_conv(classifier)[0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: components/trainer.py run() calls components.training.load_init_weights(core, params.init_weights, "
-    "ctx.logger) without ctx.tracking_uri, and load_init_weights calls components.model_uri.fetch_keras(source) "
-    "with no tracking_uri, so a models:/ init_weights is looked up in whatever MLflow's process-wide URI is "
-    "(MLFLOW_TRACKING_URI, or what another component last passed to mlflow.set_tracking_uri), not in the "
-    "tracking URI given to run_single / `pipeline component --tracking-uri`; pipeline runs only find it because "
-    "pipeline/tracking.py or the Evaluator's baseline resolver happened to set that URI first"))
 def test_init_weights_uses_the_tracking_uri_it_is_given(data, registry, tmp_path, restore_mlflow_uri):
     import mlflow
 
