@@ -78,6 +78,8 @@ def run(pipeline_file, only, from_, to, no_cache, overrides, no_tracking, quiet,
         _fail(str(e), 2)
     except Interrupted as e:
         _fail(str(e), 130)
+    except KeyboardInterrupt:  # before the runner started or after it finished
+        _fail("interrupted; `python -m pipeline run` resumes from there", 130)
     _print_summary(result, p)
     sys.exit(0 if result.ok else 1)
 
@@ -92,8 +94,12 @@ def _second_ctrl_c_exits_at_once():
         os._exit(130)
 
     def first(signum, frame):
+        from pipeline.runner import InterruptGate
+
         signal.signal(signal.SIGINT, second)
-        raise KeyboardInterrupt
+        InterruptGate.requested = True
+        if not InterruptGate.deferred:
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, first)
 

@@ -21,6 +21,16 @@ class PipelineError(Exception):
     pass
 
 
+class InterruptGate:
+    """Ctrl-C as the CLI's SIGINT handler and the runner share it. ``requested``: Ctrl-C was
+    pressed (even if a library swallowed the KeyboardInterrupt); ``deferred``: the runner is
+    recording and closing the run, so the handler must not raise there (a half-closed run would
+    stay RUNNING); the runner raises once it is done."""
+
+    requested = False
+    deferred = False
+
+
 class Interrupted(Exception):
     """Ctrl-C during a run: what was running, and the last finished epoch of a training."""
 
@@ -184,6 +194,7 @@ class Runner:
 
     def run(self, only=None, from_=None, to=None, no_cache: bool = False) -> RunResult:
         p = self.pipeline
+        InterruptGate.requested = InterruptGate.deferred = False
         selected = select_components(p, only, from_, to)
         keys = self._all_keys = self._keys()
         dead = reap_dead(self.store, p.tracking_uri if self.tracking_enabled else None)
@@ -236,12 +247,14 @@ class Runner:
                 self._execute(cid, keys[cid], ex, run_id, tracking, no_cache, view)
                 if ex.status == "failed":
                     failed_or_skipped.add(cid)
+                if InterruptGate.requested:  # a library swallowed the KeyboardInterrupt: stop here
+                    break
         except KeyboardInterrupt:
-            end_status = "KILLED"
-            running = next((c for c, e in execs.items() if e.status == "killed"), None)
-            epoch = _last_epoch(self.store.root / running / ".work" / keys[running][0]) if running else None
-            raise Interrupted(running, epoch) from None
+            InterruptGate.requested = True
         finally:
+            InterruptGate.deferred = True  # closing the records: a Ctrl-C now waits for this block
+            if InterruptGate.requested:
+                end_status = "KILLED"
             if view:
                 view.stop()
             if tracking:
@@ -257,6 +270,13 @@ class Runner:
                 except Exception as e:  # noqa: BLE001
                     logging.getLogger(__name__).warning("pipeline graph not logged to MLflow: %s", e)
                 tracking.end_parent(end_status or ("FINISHED" if not failed_or_skipped else "FAILED"))
+            InterruptGate.deferred = False
+        if InterruptGate.requested:
+            running = next((c for c, e in execs.items() if e.status == "killed"), None)
+            last = next((c for c in reversed(selected) if execs[c].status not in ("pending", "skipped")), None)
+            where = running or last
+            epoch = _last_epoch(self.store.root / where / ".work" / keys[where][0]) if running else None
+            raise Interrupted(where, epoch)
         return RunResult(run_id, execs, parent_id)
 
     def _inputs_for(self, cid: str, keys) -> dict[str, Path]:
@@ -325,12 +345,13 @@ class Runner:
         except BaseException as e:  # noqa: BLE001 - record the failure, then decide whether to re-raise
             self.store.abort(tmp)
             ex.duration = time.time() - t0
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            if isinstance(e, (KeyboardInterrupt, SystemExit)) or InterruptGate.requested:  # (or a library's
+                # exception raised by the interruption)
                 ex.status, ex.error = "killed", "interrupted"
                 log_to_file_only(logger, "%s interrupted after %.1fs", cid, ex.duration)
                 self.store.record_update(row, status="killed", duration=ex.duration, error=ex.error,
                                          mlflow_run_id=ex.mlflow_run_id)
-                raise
+                raise KeyboardInterrupt from (None if isinstance(e, KeyboardInterrupt) else e)
             ex.status = "failed"
             ex.error = str(e) if isinstance(e, ComponentError) else f"{type(e).__name__}: {e}"
             # one clear line on the console; the traceback goes to the log file (and, with
