@@ -36,7 +36,8 @@ def main(verbose):
 
     \b
     Exit status (every command): 0 ok; 1 a component, data or model failure; 2 a usage or
-    configuration error; 130 interrupted (Ctrl-C: a rerun resumes, the cache keeps what finished).
+    configuration error; 130 interrupted (Ctrl-C: a rerun resumes, the cache keeps what finished);
+    3 a "no" from faces verify / identify.
     """
     if verbose:
         import pipeline.cli_common as common

@@ -1,7 +1,7 @@
 """`python -m pipeline faces ...`: the course's door-access system on a trained face model.
 
     faces enroll   --db DB --model MODEL NAME IMAGE...   store the person's embeddings
-    faces verify   --db DB [--model MODEL] --as NAME IMAGE   distance + decision (exit 0 accepted, 1 rejected)
+    faces verify   --db DB [--model MODEL] --as NAME IMAGE   distance + decision (exit 0 accepted, 3 rejected)
     faces identify --db DB [--model MODEL] IMAGE          nearest person, or "not in the database"
     faces list     --db DB                                who is enrolled, with which model
 
@@ -10,8 +10,8 @@ MODEL is `models:/NAME@ALIAS`, `models:/NAME/VERSION` (the registered version's 
 a `model.keras` with its `model_info.json` beside it. Without `--model`, verify/identify use the
 model the database was enrolled with. The threshold comes from model_info.json (or the version's
 `threshold` tag); `--threshold` overrides it. The database records which model version made
-each embedding and refuses to mix versions. Exit status 2: an error (unreadable image, unknown
-model, mixed versions).
+each embedding and refuses to mix versions. Exit status: 0 accepted / found; 3 rejected / not in
+the database; 1 a failure (unreadable image, unknown model, mixed versions); 2 a usage error.
 
 Heavy imports (TensorFlow, MLflow) happen inside the commands: `--help` stays fast.
 """
@@ -25,6 +25,11 @@ from pathlib import Path
 import click
 
 from pipeline.cli_common import fail, quiet_libraries, tracking_uri_option
+
+
+# Exit status of a "no" answer (verify rejected, identify: not in the database): not 1, which
+# every command uses for a failure (unreadable image, unknown model, mixed versions).
+REJECTED = 3
 
 
 class FaceCommandError(Exception):
@@ -153,7 +158,7 @@ def _run(fn):
         try:
             return fn(*args, **kwargs)
         except (FaceCommandError, ValueError, KeyError) as e:
-            fail(str(e).strip("'\""), 2)
+            fail(str(e), 1)  # a data or model failure (the CLI's convention); 3 is kept for "no"
     return wrapper
 
 
@@ -218,7 +223,7 @@ def verify(db, model, name, threshold, tracking_uri, image):
     ok = dist < t
     click.echo(f"{name}: distance {dist:.4f} {'<' if ok else '>='} threshold {t:.4f} -> "
                + ("accepted: it's " + name + ", welcome in!" if ok else "rejected: it's not " + name + ", please go away"))
-    sys.exit(0 if ok else 1)
+    sys.exit(0 if ok else REJECTED)
 
 
 @faces.command()
@@ -230,7 +235,7 @@ def verify(db, model, name, threshold, tracking_uri, image):
 @_run
 def identify(db, model, threshold, tracking_uri, image):
     """Who is in IMAGE? The nearest enrolled person and the distance, or "not in the database"
-    when even the nearest is at or above the threshold (exit status 1)."""
+    when even the nearest is at or above the threshold (exit status 3)."""
     with _open_db(db, must_exist=True) as fdb:
         face = _model_for(fdb, model, tracking_uri)
         if len(fdb) == 0:
@@ -242,7 +247,7 @@ def identify(db, model, threshold, tracking_uri, image):
         click.echo(f"{who} (distance {dist:.4f} < threshold {t:.4f})")
         sys.exit(0)
     click.echo(f"not in the database (nearest: {who}, distance {dist:.4f} >= threshold {t:.4f})")
-    sys.exit(1)
+    sys.exit(REJECTED)
 
 
 @faces.command("list")

@@ -62,14 +62,14 @@ def test_enroll_verify_identify(setup, tmp_path):
     r = invoke("verify", "--db", db, "--as", "ana", raw / "id_000" / "001.png")  # model from the database
     assert r.exit_code == 0 and "accepted" in r.output and "distance 0.0000" in r.output, r.output
     r = invoke("verify", "--db", db, "--model", model_a, "--as", "ana", raw / "id_002" / "000.png")
-    assert r.exit_code == 1 and "rejected" in r.output, r.output
+    assert r.exit_code == 3 and "rejected" in r.output, r.output
     r = invoke("verify", "--db", db, "--as", "ana", "--threshold", "100", raw / "id_002" / "000.png")
     assert r.exit_code == 0, r.output  # --threshold overrides the model's
 
     r = invoke("identify", "--db", db, raw / "id_001" / "000.png")
     assert r.exit_code == 0 and r.output.startswith("bob (distance 0.0000"), r.output
     r = invoke("identify", "--db", db, raw / "id_002" / "000.png")
-    assert r.exit_code == 1 and "not in the database" in r.output, r.output
+    assert r.exit_code == 3 and "not in the database" in r.output, r.output
 
     r = invoke("list", "--db", db)
     assert "ana: 2 image(s)" in r.output and "bob: 1 image(s)" in r.output
@@ -80,21 +80,21 @@ def test_refuses_to_mix_model_versions_and_reports_bad_input(setup, tmp_path):
     db = tmp_path / "faces.db"
     assert invoke("enroll", "--db", db, "--model", model_a, "ana", raw / "id_000" / "000.png").exit_code == 0
     r = invoke("enroll", "--db", db, "--model", model_b, "bob", raw / "id_001" / "000.png")
-    assert r.exit_code == 2 and "model version" in r.output and "re-enrol" in r.output, r.output
+    assert r.exit_code == 1 and "model version" in r.output and "re-enrol" in r.output, r.output
     r = invoke("verify", "--db", db, "--model", model_b, "--as", "ana", raw / "id_000" / "000.png")
-    assert r.exit_code == 2 and "model version" in r.output, r.output
+    assert r.exit_code == 1 and "model version" in r.output, r.output
 
     r = invoke("verify", "--db", db, "--as", "ana", tmp_path / "nobody.jpg")
-    assert r.exit_code == 2 and "cannot read" in r.output and "nobody.jpg" in r.output, r.output
+    assert r.exit_code == 1 and "cannot read" in r.output and "nobody.jpg" in r.output, r.output
     r = invoke("enroll", "--db", db, "--model", model_a, "carl", raw / "id_002" / "000.png", tmp_path / "x.png")
-    assert r.exit_code == 2 and "cannot read" in r.output
+    assert r.exit_code == 1 and "cannot read" in r.output
     assert "carl" not in invoke("list", "--db", db).output  # nothing stored when one image fails
     r = invoke("verify", "--db", db, "--as", "zoe", raw / "id_000" / "000.png")
-    assert r.exit_code == 2 and "not enrolled" in r.output
+    assert r.exit_code == 1 and "not enrolled" in r.output
     r = invoke("identify", "--db", tmp_path / "missing.db", raw / "id_000" / "000.png")
-    assert r.exit_code == 2 and "does not exist" in r.output
+    assert r.exit_code == 1 and "does not exist" in r.output
     r = invoke("enroll", "--db", db, "--model", tmp_path / "no_model", "x", raw / "id_000" / "000.png")
-    assert r.exit_code == 2 and "no model.keras" in r.output
+    assert r.exit_code == 1 and "no model.keras" in r.output
 
 
 def test_photos_are_cropped_as_the_model_was_trained(setup, tmp_path):
@@ -108,7 +108,7 @@ def test_photos_are_cropped_as_the_model_was_trained(setup, tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 50, 3), dtype=np.uint8)).save(tmp_path / "n.png")
     db = tmp_path / "faces.db"
     r = invoke("enroll", "--db", db, "--model", model, "ana", tmp_path / "n.png")
-    assert r.exit_code == 2 and "n.png: no face found" in r.output, r.output
+    assert r.exit_code == 1 and "n.png: no face found" in r.output, r.output
     assert not db.exists() or "ana" not in invoke("list", "--db", db).output
 
 
@@ -120,4 +120,4 @@ def test_through_python_m_pipeline(setup, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     r = subprocess.run([sys.executable, "-m", "pipeline", "faces", "verify", "--db", str(db), "--as", "ana",
                         str(raw / "id_001" / "000.png")], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 1 and "rejected" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 3 and "rejected" in r.stdout, r.stdout + r.stderr
