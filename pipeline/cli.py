@@ -79,9 +79,14 @@ def run(pipeline_file, only, from_, to, no_cache, overrides, no_tracking, quiet,
         _fail(str(e), 2)
     except Interrupted as e:
         _fail(str(e), 130)
-    except KeyboardInterrupt:  # before the runner started or after it finished
+    except KeyboardInterrupt:  # before the runner started
         _fail("interrupted; `python -m pipeline run` resumes from there", 130)
+    from pipeline.runner import InterruptGate
+
+    InterruptGate.deferred = True  # a Ctrl-C while the summary prints: noted, then exit 130
     _print_summary(result, p)
+    if InterruptGate.requested:
+        _fail("interrupted after the run finished (its records are complete)", 130)
     sys.exit(0 if result.ok else 1)
 
 

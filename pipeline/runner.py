@@ -227,6 +227,7 @@ class Runner:
             "selection": ",".join(selected)}) if tracking else None
 
         self._parent_id = parent_id
+        self.store.record_pipeline_run(run_id, parent_id)
         view = _StatusView(self.console, execs) if self.console is not None else None
         failed_or_skipped: set[str] = set()
         end_status = None
@@ -270,6 +271,8 @@ class Runner:
                 except Exception as e:  # noqa: BLE001
                     logging.getLogger(__name__).warning("pipeline graph not logged to MLflow: %s", e)
                 tracking.end_parent(end_status or ("FINISHED" if not failed_or_skipped else "FAILED"))
+            self.store.finish_pipeline_run(run_id, (end_status or ("FINISHED" if not failed_or_skipped
+                                                                   else "FAILED")).lower())
             InterruptGate.deferred = False
         if InterruptGate.requested:
             running = next((c for c, e in execs.items() if e.status == "killed"), None)

@@ -31,6 +31,13 @@ CREATE TABLE IF NOT EXISTS executions (
     status TEXT, cache_hit INTEGER, started REAL, duration REAL,
     mlflow_run_id TEXT, artifact_dir TEXT, error TEXT
 )"""
+# A pipeline run's own record: its MLflow parent run must be ended even when the process dies
+# after every execution finished (while it closes the run).
+_RUNS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pipeline_runs (
+    run_id TEXT PRIMARY KEY, mlflow_parent_run_id TEXT, owner_pid INTEGER, owner_host TEXT,
+    started REAL, status TEXT
+)"""
 # Added later: who owns a running execution (so the next run can tell live work from dead) and
 # the pipeline run's MLflow parent (to end it as KILLED when its process died).
 _OWNER_COLUMNS = {"owner_pid": "INTEGER", "owner_host": "TEXT", "mlflow_parent_run_id": "TEXT"}
@@ -43,6 +50,7 @@ class ArtifactStore:
         self._db_path = self.root / "executions.db"
         with self._db() as db:
             db.execute(_SCHEMA)
+            db.execute(_RUNS_SCHEMA)
             have = {r[1] for r in db.execute("PRAGMA table_info(executions)")}
             for col, kind in _OWNER_COLUMNS.items():
                 if col not in have:
@@ -83,6 +91,15 @@ class ArtifactStore:
                 rows = db.execute("SELECT * FROM executions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) for r in rows]
 
+    def record_pipeline_run(self, run_id: str, mlflow_parent_run_id: str | None, status: str = "running") -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO pipeline_runs VALUES (?, ?, ?, ?, ?, ?)",
+                       (run_id, mlflow_parent_run_id, os.getpid(), socket.gethostname(), time.time(), status))
+
+    def finish_pipeline_run(self, run_id: str, status: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE pipeline_runs SET status = ? WHERE run_id = ?", (status, run_id))
+
     def reap_dead_owners(self) -> list[dict]:
         """Mark ``killed`` every execution still ``running`` whose owning process is gone (same
         host, pid not alive or reused by a younger process). Returns the rows it marked, so the
@@ -96,7 +113,15 @@ class ArtifactStore:
         for r in dead:
             self.record_update(r["id"], status="killed",
                                error=f"its process ({r.get('owner_pid') or 'unknown'} on {host}) ended before it did")
-        return dead
+        with self._db() as db:
+            db.row_factory = sqlite3.Row
+            runs = [dict(r) for r in db.execute("SELECT * FROM pipeline_runs WHERE status = 'running'")]
+            gone = [r for r in runs if r["owner_host"] == host and not owner_alive(r["owner_pid"], r["started"])]
+            for r in gone:
+                db.execute("UPDATE pipeline_runs SET status = 'killed' WHERE run_id = ?", (r["run_id"],))
+        # a run that died while closing (all its executions recorded) still has its parent run to end
+        return dead + [{"component": f"pipeline run {r['run_id']}", "mlflow_parent_run_id": r["mlflow_parent_run_id"]}
+                       for r in gone]
 
     # -- artifacts -----------------------------------------------------------------------
     def final_dir(self, component_id: str, key: str) -> Path:
