@@ -18,13 +18,14 @@ any task. What differs between tasks (classification, binary, detection, embeddi
                 lines ``predict`` prints; finalize_inference ─> extra files of a whole split.
 
 To add a task: subclass ``Task`` in a new module here, set the class attributes, implement the
-methods marked *required*, and add one line to ``TASKS`` in ``components/tasks/__init__.py``
+abstract methods, and add one line to ``TASKS`` in ``components/tasks/__init__.py``
 (plus the models that use it in ``models/registry.py``). Everything else is inherited.
 
 A task module imports no TensorFlow at module level (the config is validated without it).
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 from pathlib import Path
@@ -86,7 +87,11 @@ class Score:
 Predictor = Callable[[Any, list], list]  # (uint8 images (B, H, W, 3), keys) -> rows
 
 
-class Task:
+class Task(abc.ABC):
+    """A task plug-in. The methods marked abstract are what a task must implement: a subclass
+    missing one cannot be instantiated (TypeError naming it), so a half-written task fails when
+    it is registered and first used, not in the middle of a training."""
+
     # --------------------------------------------------------------- declared by each task
     name: ClassVar[str]
     examples_task: ClassVar[str]  # the ExampleGen task it consumes (schema.json "task")
@@ -104,10 +109,10 @@ class Task:
         if examples.task != self.examples_task:
             raise ComponentError(f"Trainer: examples are for {examples.task}, model {model!r} needs {self.examples_task}")
 
+    @abc.abstractmethod
     def train_data(self, tc: TrainContext, model) -> TrainData:
-        """*required*: the training (and validation) datasets of uint8 images for ``model`` (the
+        """The training (and validation) datasets of uint8 images for ``model`` (the
         served network, already built: a detector's targets depend on its output grid)."""
-        raise NotImplementedError
 
     def build_kwargs(self, tc: TrainContext) -> dict:
         """Keyword arguments for ``models.registry.build_model`` besides input_shape and
@@ -115,9 +120,9 @@ class Task:
         ``explain`` builds the same network from the artifacts alone."""
         return {"num_classes": len(tc.examples.classes)}
 
+    @abc.abstractmethod
     def compile_args(self, tc: TrainContext, data: TrainData) -> dict:
-        """*required*: ``loss`` and optionally ``metrics`` for ``model.compile``."""
-        raise NotImplementedError
+        """``loss`` and optionally ``metrics`` for ``model.compile``."""
 
     def reported_metrics(self, tc: TrainContext, data: TrainData) -> set[str]:
         """The names the fit's logs will hold (for best_metric / early stopping checks)."""
@@ -137,9 +142,9 @@ class Task:
         return {}
 
     # --------------------------------------------------------------- Evaluator
+    @abc.abstractmethod
     def eval_data(self, examples: Examples, split: str, ep, tp) -> Any:
-        """*required*: the evaluated split in memory, loaded once for candidate and baseline."""
-        raise NotImplementedError
+        """The evaluated split in memory, loaded once for candidate and baseline."""
 
     def check_model(self, info: ModelInfo, examples: Examples) -> None:
         if list(examples.image_size) != list(info.image_size):
@@ -148,9 +153,9 @@ class Task:
             raise ComponentError(f"Evaluator: the examples' classes {examples.classes} differ from the model's "
                                  f"{info.classes}")
 
+    @abc.abstractmethod
     def score(self, model, info: ModelInfo, data, ep, tp, plot_dir: Path | None, logger) -> Score:
-        """*required*: the metrics of ``model`` on ``data``; plots into ``plot_dir`` when given."""
-        raise NotImplementedError
+        """The metrics of ``model`` on ``data``; plots into ``plot_dir`` when given."""
 
     def comparable(self, baseline: ModelInfo, info: ModelInfo) -> str | None:
         """Why a baseline cannot be compared with the candidate on the same data, or None."""
@@ -169,24 +174,24 @@ class Task:
         bad = sorted(k for k, v in score.flat.items() if isinstance(v, float) and math.isnan(v))
         return [f"metric(s) {', '.join(bad)} are NaN"] if bad else []
 
+    @abc.abstractmethod
     def headline(self, info: ModelInfo, score: Score) -> str:
-        """*required*: one line of the main numbers, e.g. "accuracy 0.93 on 270 test examples"."""
-        raise NotImplementedError
+        """One line of the main numbers, e.g. "accuracy 0.93 on 270 test examples"."""
 
     # --------------------------------------------------------------- inference
+    @abc.abstractmethod
     def predictor(self, model, info: ModelInfo, **options) -> Predictor:
-        """*required*: a callable (uint8 images (B, H, W, 3), keys) -> one JSON-able row per image
+        """A callable (uint8 images (B, H, W, 3), keys) -> one JSON-able row per image
         (``key`` first). ``options`` come from ``predict``'s command line (top, score_threshold,
         face_db, ...); a task ignores those it does not know."""
-        raise NotImplementedError
 
     def finalize_inference(self, rows: list[dict], out_dir: Path, info: ModelInfo) -> dict:
         """Extra files for a whole split (detection: a COCO result file); returns summary numbers."""
         return {}
 
+    @abc.abstractmethod
     def format_row(self, row: dict) -> list[str]:
-        """*required*: the lines ``predict`` prints for one image's row."""
-        raise NotImplementedError
+        """The lines ``predict`` prints for one image's row."""
 
     def prepare_image(self, image, info: ModelInfo):
         """A decoded uint8 RGB image (any size) as the model's input (H, W, 3), resized the way

@@ -15,6 +15,13 @@ def cli(*args, cwd=PROJECT_ROOT):
                           timeout=300, env=env)
 
 
+def python_json(code: str) -> dict:
+    """Run CODE in a fresh interpreter (nothing imported yet) and read the JSON its last line prints."""
+    r = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def test_validate_ok_and_error_exit_codes(tmp_path):
     r = cli("validate")
     assert r.returncode == 0 and "OK" in r.stdout
@@ -51,9 +58,7 @@ def test_help_is_fast_and_imports_no_heavy_library():
             "from pipeline.cli import main; r = CliRunner().invoke(main, ['--help']); "
             "print(json.dumps({'exit': r.exit_code, 'seconds': time.perf_counter() - t, "
             "'heavy': [m for m in ('tensorflow', 'keras', 'mlflow', 'apache_beam') if m in sys.modules]}))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = python_json(code)
     assert out["exit"] == 0 and out["heavy"] == [], out
     assert out["seconds"] < 5, out  # about 0.05 s; TensorFlow alone would take seconds
 

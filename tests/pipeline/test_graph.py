@@ -2,7 +2,6 @@
 text and picture outputs, no TensorFlow on the way, and the picture each run logs to MLflow."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -17,27 +16,12 @@ from pipeline import graph
 from pipeline.config import load_pipeline
 from pipeline.store import ArtifactStore
 from tests.conftest import PROJECT_ROOT
+from tests.pipeline.test_cli import python_json
+from tests.pipeline.test_config import GOOD
 
 # two independent branches: a diamond (gen -> stats -> tf, gen -> tf -> train, gen -> train)
 # and a lone generator
-SMALL = """\
-name: small
-root: root
-components:
-  gen:
-    type: ExampleGen
-    params:
-      source: {format: synthetic_signs, options: {num_examples: 30}}
-  stats:
-    type: StatisticsGen
-    inputs: {examples: gen.examples}
-  train:
-    type: Trainer
-    inputs: {examples: gen.examples, transform: tf.transform}
-    params: {model: signs_cnn, epochs: 2}
-  tf:
-    type: Transform
-    inputs: {examples: gen.examples, statistics: stats.statistics}
+SMALL = GOOD.replace("name: t", "name: small") + """\
   other_gen:
     type: ExampleGen
     params:
@@ -214,10 +198,8 @@ def test_graph_help_and_text_import_no_tensorflow():
             "t = CliRunner().invoke(main, ['graph']); "
             "print(json.dumps({'help': h.exit_code, 'text': t.exit_code, 'heavy_help': heavy_help, "
             "'heavy': [m for m in ('tensorflow', 'keras', 'mlflow', 'apache_beam') if m in sys.modules]}))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out == {"help": 0, "text": 0, "heavy_help": [], "heavy": []}, (out, r.stderr)
+    out = python_json(code)
+    assert out == {"help": 0, "text": 0, "heavy_help": [], "heavy": []}, out
 
 
 # ----------------------------------------------------------------------------- the run's picture
