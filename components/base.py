@@ -98,7 +98,10 @@ class Context:
     work_dir: Path  # scratch space that survives a kill (checkpoints), keyed by the cache key
     logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("component"))
     tracker: Tracker = dataclasses.field(default_factory=NullTracker)
-    beam_args: list[str] = dataclasses.field(default_factory=lambda: ["--runner=FnApiRunner"])
+    # the pipeline's `beam:` section (runner, workers, address, args); components open their Beam
+    # pipeline through components.beam_engine, which turns it into options for that engine
+    beam: dict = dataclasses.field(default_factory=lambda: {"runner": "local", "workers": 2, "address": None,
+                                                            "args": []})
     tracking_uri: str = DEFAULT_TRACKING_URI
     pipeline_run_id: str | None = None
     cache_key: str | None = None

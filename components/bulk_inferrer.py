@@ -71,7 +71,7 @@ def run(ctx, inputs, params: BulkInferrerParams):
             for row in self.predict(images, keys):
                 yield json.dumps(row)
 
-    with beam.Pipeline(options=PipelineOptions(ctx.beam_args)) as p:
+    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner", *ctx.beam["args"]])) as p:
         (p | beam.io.ReadFromTFRecord(str(examples.path / params.split / "*.tfrecord"))
          | "Decode" >> beam.Map(_decode)
          | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=params.batch_size)

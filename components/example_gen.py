@@ -280,7 +280,7 @@ def run(ctx, inputs, params: ExampleGenParams):
                 yield beam.pvalue.TaggedOutput(tag, value) if tag != "keep" else value
 
     body = _RecordLoader(info.loader, params.model_dump_json())
-    opts = PipelineOptions(ctx.beam_args)
+    opts = PipelineOptions(["--runner=FnApiRunner", *ctx.beam["args"]])
     with beam.Pipeline(options=opts) as p:
         loaded = (p | "Refs" >> beam.Create(info.refs, reshuffle=False)
                   | "Load" >> beam.ParDo(LoadDoFn(body)).with_outputs("bad", "issue", "miss", main="ok"))

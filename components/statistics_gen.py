@@ -161,7 +161,7 @@ def run(ctx, inputs, params: StatisticsGenParams):
         def extract_output(self, acc):
             return self.body.extract_output(acc)
 
-    with beam.Pipeline(options=PipelineOptions(ctx.beam_args)) as p:
+    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner", *ctx.beam["args"]])) as p:
         for s in splits:
             (p | f"Read{s}" >> beam.io.ReadFromTFRecord(str(examples / s / "*.tfrecord"))
              | f"Stats{s}" >> beam.Map(_example_stats)

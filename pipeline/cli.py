@@ -55,9 +55,12 @@ def main(verbose):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a value: components.train.params.epochs=5, or short: train.epochs=5.")
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow (the Pusher still needs it).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N",
+              help="Run up to N independent components at once (default: the config's `jobs`, 1). "
+                   "At most `max_parallel_trainers` Trainers (1) run together.")
 @click.option("--quiet", is_flag=True, help="No live view or progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of failures on the console (always in the log).")
-def run(pipeline_file, only, from_, to, no_cache, overrides, no_tracking, quiet, verbose):
+def run(pipeline_file, only, from_, to, no_cache, overrides, no_tracking, jobs, quiet, verbose):
     """Run PIPELINE_FILE (default pipeline.yaml), all of it or a part."""
     import pipeline.cli_common as common
 
@@ -65,7 +68,7 @@ def run(pipeline_file, only, from_, to, no_cache, overrides, no_tracking, quiet,
     from pipeline.config import ConfigError, load_pipeline
 
     try:
-        p = load_pipeline(pipeline_file, list(overrides))
+        p = load_pipeline(pipeline_file, list(overrides) + ([f"jobs={jobs}"] if jobs else []))
     except ConfigError as e:
         _fail(f"invalid pipeline:\n{e}", 2)
     _quiet_libraries()

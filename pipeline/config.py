@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import graphlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -108,12 +108,32 @@ class ComponentConfig(_Strict):
     description: str = ""
 
 
+class BeamConfig(_Strict):
+    """Which Beam engine runs ExampleGen, StatisticsGen and BulkInferrer. Results are the same
+    on every runner, so the choice is not part of any cache key."""
+
+    runner: Literal["local", "multiprocess", "dask", "flink", "spark", "dataflow"] = "local"
+    workers: int = Field(2, ge=1, description="processes for multiprocess, or for dask's own LocalCluster")
+    address: str | None = Field(None, description="dask: scheduler address (tcp://host:8786); none starts a "
+                                                   "LocalCluster of `workers` processes for the run")
+    args: list[str] = Field(default_factory=list, description="extra Beam pipeline options, passed through")
+
+
 class PipelineConfig(_Strict):
     name: str
     root: str = "pipeline_root"
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    beam_args: list[str] = Field(default_factory=lambda: ["--runner=FnApiRunner"])
+    beam: BeamConfig = Field(default_factory=BeamConfig)
+    beam_args: list[str] = Field(default_factory=list, description="raw Beam options (older form of beam.args)")
+    jobs: int = Field(1, ge=1, description="components run at once when independent (run --jobs N)")
+    max_parallel_trainers: int = Field(1, ge=1, description="Trainers run at once (they each use every core)")
     components: dict[str, ComponentConfig]
+
+    def beam_settings(self) -> dict:
+        """What a component's Context gets: runner, workers, address and every extra option."""
+        extra = [a for a in self.beam_args if a != "--runner=FnApiRunner"]  # the old default spelled out
+        return {"runner": self.beam.runner, "workers": self.beam.workers, "address": self.beam.address,
+                "args": [*extra, *self.beam.args]}
 
 
 class ResolvedComponent(BaseModel):

@@ -129,17 +129,19 @@ def _close_logger(logger: logging.Logger) -> None:
 
 
 def execute_component(type_name: str, params, inputs: dict[str, Path], tmp_dir: Path, *, work_dir: Path,
-                      logger: logging.Logger, tracker=None, beam_args=None, tracking_uri=DEFAULT_TRACKING_URI,
+                      logger: logging.Logger, tracker=None, beam=None, tracking_uri=DEFAULT_TRACKING_URI,
                       pipeline_run_id=None, cache_key=None, component_id="component", show_progress=True,
                       resolved=None, input_fingerprints=None) -> dict:
     spec = get_spec(type_name)
     ctx = Context(outputs={o: tmp_dir / o for o in spec.outputs}, work_dir=work_dir, logger=logger,
-                  beam_args=list(beam_args or ["--runner=FnApiRunner"]), tracking_uri=tracking_uri,
+                  tracking_uri=tracking_uri,
                   pipeline_run_id=pipeline_run_id, cache_key=cache_key, component_id=component_id,
                   show_progress=show_progress, resolved=dict(resolved or {}),
                   input_fingerprints=dict(input_fingerprints or {}))
     if tracker is not None:
         ctx.tracker = tracker
+    if beam is not None:
+        ctx.beam = dict(beam)
     missing = [n for n, req in spec.inputs.items() if req and n not in inputs]
     if missing:
         raise ComponentError(f"{type_name} needs input(s) {', '.join(missing)}")
@@ -326,7 +328,7 @@ class Runner:
                     tr.log_params(params_json)
                 result = execute_component(
                     comp.type, comp.params, inputs, tmp, work_dir=self.store.work_dir(cid, key), logger=logger,
-                    tracker=tr, beam_args=p.config.beam_args, tracking_uri=p.tracking_uri, pipeline_run_id=run_id,
+                    tracker=tr, beam=p.config.beam_settings(), tracking_uri=p.tracking_uri, pipeline_run_id=run_id,
                     cache_key=key, component_id=cid, show_progress=self.show_progress, resolved=resolved,
                     input_fingerprints=input_fps)
                 ex.metrics = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float))}
@@ -435,7 +437,7 @@ class _StatusView:
 
 
 def run_single(type_name: str, inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, *,
-               beam_args=None, tracking_uri=DEFAULT_TRACKING_URI, console=None) -> dict:
+               beam=None, tracking_uri=DEFAULT_TRACKING_URI, console=None) -> dict:
     """`python -m pipeline component TYPE --input name=PATH --param k=v --out DIR`: run one component
     outside any pipeline. Outputs land in DIR/<output>/ with DIR/metadata.json; written to a
     temporary sibling first and renamed into place."""
@@ -463,7 +465,7 @@ def run_single(type_name: str, inputs: dict[str, Path], params: dict[str, Any], 
     t0 = time.time()
     try:
         result = execute_component(type_name, params_obj, {n: Path(p) for n, p in inputs.items()}, tmp,
-                                   work_dir=work, logger=logger, beam_args=beam_args, tracking_uri=tracking_uri,
+                                   work_dir=work, logger=logger, beam=beam, tracking_uri=tracking_uri,
                                    cache_key=key, component_id=type_name, resolved=resolved,
                                    input_fingerprints=input_fps)
     except BaseException:
