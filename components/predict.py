@@ -53,7 +53,7 @@ def predict_images(model_uri: str, images: list[str], tracking_uri: str = DEFAUL
     if not good:
         return task, rows
     batch = np.stack([r.pop("input") for r in good])
-    predict = task.predictor(model, info, **options)
+    predict = task.predictor(model, info, **task.predict_options(info, options))
     for r, p in zip(good, predict(batch, [r["image"] for r in good])):
         p.pop("key", None)
         r.update(p)

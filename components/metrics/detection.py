@@ -229,6 +229,44 @@ def _iou_one_to_many(box, boxes):
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def _match_class(gt, by_image, detections, k, iou_threshold):
+    """VOC matching of class ``k``'s detections, highest score first: (scores, tp, fp, npos).
+    A detection on a "difficult" box is neither (tp = fp = 0); a second one on a box is a FP."""
+    gt_k, npos = {}, 0
+    for g in gt:
+        labels = np.asarray(g["labels"]).reshape(-1)
+        sel = labels == k
+        boxes = np.asarray(g["boxes"], np.float64).reshape(-1, 4)[sel]
+        diff = np.asarray(g.get("difficult", np.zeros(len(labels), bool)), bool).reshape(-1)[sel]
+        gt_k[g["image_id"]] = (boxes, diff, np.zeros(len(boxes), bool))
+        npos += int((~diff).sum())
+    dets = [d for d in detections if int(d["label"]) == k]
+    order = np.argsort(-np.array([float(d["score"]) for d in dets]), kind="stable")
+    tp = np.zeros(len(dets))
+    fp = np.zeros(len(dets))
+    for rank, i in enumerate(order):
+        d = dets[i]
+        if d["image_id"] not in by_image:
+            raise ValueError(f"detection names image id {d['image_id']!r} that is not in the ground truth")
+        boxes, diff, used = gt_k[d["image_id"]]
+        if len(boxes) == 0:
+            fp[rank] = 1
+            continue
+        ious = _iou_one_to_many(np.asarray(d["box"], np.float64), boxes)
+        j = int(np.argmax(ious))
+        if ious[j] > iou_threshold:
+            if diff[j]:
+                continue  # matched a "difficult" box: ignored
+            if not used[j]:
+                tp[rank], used[j] = 1, True
+            else:
+                fp[rank] = 1  # duplicate detection
+        else:
+            fp[rank] = 1
+    scores = np.array([float(dets[i]["score"]) for i in order], np.float64)
+    return scores, tp, fp, npos
+
+
 def voc_evaluate(gt, detections, iou_threshold=0.5, class_names=None) -> dict[str, Any]:
     """Pascal VOC AP per class, both 11-point (VOC2007) and all-point (VOC2010+).
 
@@ -242,37 +280,7 @@ def voc_evaluate(gt, detections, iou_threshold=0.5, class_names=None) -> dict[st
     by_image = {g["image_id"]: g for g in gt}
     per_class, curves = {}, {}
     for k, name in enumerate(names):
-        gt_k, npos = {}, 0
-        for g in gt:
-            labels = np.asarray(g["labels"]).reshape(-1)
-            sel = labels == k
-            boxes = np.asarray(g["boxes"], np.float64).reshape(-1, 4)[sel]
-            diff = np.asarray(g.get("difficult", np.zeros(len(labels), bool)), bool).reshape(-1)[sel]
-            gt_k[g["image_id"]] = (boxes, diff, np.zeros(len(boxes), bool))
-            npos += int((~diff).sum())
-        dets = [d for d in detections if int(d["label"]) == k]
-        order = np.argsort(-np.array([float(d["score"]) for d in dets]), kind="stable")
-        tp = np.zeros(len(dets))
-        fp = np.zeros(len(dets))
-        for rank, i in enumerate(order):
-            d = dets[i]
-            if d["image_id"] not in by_image:
-                raise ValueError(f"detection names image id {d['image_id']!r} that is not in the ground truth")
-            boxes, diff, used = gt_k[d["image_id"]]
-            if len(boxes) == 0:
-                fp[rank] = 1
-                continue
-            ious = _iou_one_to_many(np.asarray(d["box"], np.float64), boxes)
-            j = int(np.argmax(ious))
-            if ious[j] > iou_threshold:
-                if diff[j]:
-                    continue  # matched a "difficult" box: ignored
-                if not used[j]:
-                    tp[rank], used[j] = 1, True
-                else:
-                    fp[rank] = 1  # duplicate detection
-            else:
-                fp[rank] = 1
+        _, tp, fp, npos = _match_class(gt, by_image, detections, k, iou_threshold)
         ctp, cfp = np.cumsum(tp), np.cumsum(fp)
         keep = (tp + fp) > 0  # drop ignored ranks from the curve
         ctp, cfp = ctp[keep], cfp[keep]
@@ -281,7 +289,7 @@ def voc_evaluate(gt, detections, iou_threshold=0.5, class_names=None) -> dict[st
         per_class[name] = {
             "ap_11": voc_ap(rec, prec, True) if npos else None,
             "ap_all": voc_ap(rec, prec, False) if npos else None,
-            "num_gt": npos, "num_det": len(dets), "tp": int(tp.sum()), "fp": int(fp.sum())}
+            "num_gt": npos, "num_det": int(len(tp)), "tp": int(tp.sum()), "fp": int(fp.sum())}
         curves[name] = {"recall": rec.tolist(), "precision": prec.tolist()}
 
     def mean(key):
@@ -292,8 +300,37 @@ def voc_evaluate(gt, detections, iou_threshold=0.5, class_names=None) -> dict[st
             "per_class": per_class, "curves": curves}
 
 
-# ---------------------------------------------------------------------------------------------
-# plots
+def f1_at_thresholds(gt, detections, iou_threshold=0.5, class_names=None) -> dict[str, Any]:
+    """Precision, recall and F1 of every score cut, all classes pooled (a detection counts when
+    its class and box (IoU > ``iou_threshold``) match a box not already taken, as in VOC).
+
+    Returns ``{"threshold", "f1", "precision", "recall", "tp", "fp", "num_gt"}`` at the cut with the
+    highest F1 (keep detections with score >= threshold; ties: the higher threshold, fewer boxes),
+    plus ``curve`` ({"threshold", "f1"} lists, highest score first). With no true positive at any
+    cut, ``threshold`` is None and F1 is 0."""
+    detections = list(detections)
+    names = _names(gt, detections, class_names)
+    by_image = {g["image_id"]: g for g in gt}
+    scores, tps, fps, npos = [], [], [], 0
+    for k in range(len(names)):
+        s, tp, fp, n = _match_class(gt, by_image, detections, k, iou_threshold)
+        scores.append(s), tps.append(tp), fps.append(fp)
+        npos += n
+    s, tp, fp = (np.concatenate(a) if a else np.zeros(0) for a in (scores, tps, fps))
+    order = np.argsort(-s, kind="stable")
+    s, ctp, cfp = s[order], np.cumsum(tp[order]), np.cumsum(fp[order])
+    # a cut keeps every detection scoring >= it: only the last rank of a run of equal scores is a cut
+    last = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, bool)
+    s, ctp, cfp = s[last], ctp[last], cfp[last]
+    f1 = 2 * ctp / np.maximum(2 * ctp + cfp + (npos - ctp), np.finfo(np.float64).eps)
+    out = {"iou_threshold": iou_threshold, "num_gt": npos, "curve": {"threshold": s.tolist(), "f1": f1.tolist()}}
+    if not len(f1) or f1.max() <= 0:
+        return {**out, "threshold": None, "f1": 0.0, "precision": 0.0, "recall": 0.0, "tp": 0, "fp": int(cfp[-1]) if len(cfp) else 0}
+    i = int(np.argmax(f1))  # first maximum = the highest threshold reaching it
+    return {**out, "threshold": float(s[i]), "f1": float(f1[i]), "precision": float(ctp[i] / (ctp[i] + cfp[i])),
+            "recall": float(ctp[i] / npos) if npos else 0.0, "tp": int(ctp[i]), "fp": int(cfp[i])}
+
+
 def plot_pr_curves(voc_result, out_dir, prefix="pr_") -> list[Path]:
     """One precision-recall PNG per class from ``voc_evaluate``'s result; returns the paths."""
     import matplotlib

@@ -185,6 +185,11 @@ class Task(abc.ABC):
         (``key`` first). ``options`` come from ``predict``'s command line (top, score_threshold,
         face_db, ...); a task ignores those it does not know."""
 
+    def predict_options(self, info: ModelInfo, options: dict) -> dict:
+        """``predict``'s options with the model's own defaults filled in (a detector's registered
+        score threshold when none was given); the batch paths (BulkInferrer) don't use this."""
+        return dict(options)
+
     def finalize_inference(self, rows: list[dict], out_dir: Path, info: ModelInfo) -> dict:
         """Extra files for a whole split (detection: a COCO result file); returns summary numbers."""
         return {}
