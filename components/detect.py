@@ -28,7 +28,7 @@ def _load_any_detector(model: str, tracking_uri: str, classes_file, anchors_file
                                     num_classes=len(names))
         except (FileNotFoundError, ValueError) as e:
             raise ComponentError(str(e)) from None
-        return "course", net, names, anchors, (input_size, input_size)
+        return "course", net, names, anchors, (input_size, input_size), None
     from components.model_uri import ModelNotFound, load_model_and_info
 
     try:
@@ -37,26 +37,36 @@ def _load_any_detector(model: str, tracking_uri: str, classes_file, anchors_file
         raise ComponentError(str(e)) from None
     if info.task != "detection":
         raise ComponentError(f"{model}: a {info.task} model, not a detector (use `python -m pipeline predict`)")
-    return "pipeline", net, list(info.classes), np.asarray(info.get("anchors"), np.float32), tuple(info.image_size)
+    return "pipeline", net, list(info.classes), np.asarray(info.get("anchors"), np.float32), tuple(info.image_size), info
 
 
-def detect_images(model: str, images: list[str], out_dir, *, score_threshold: float = 0.3,
+def detect_images(model: str, images: list[str], out_dir, *, score_threshold: float | None = None,
                   iou_threshold: float = 0.5, max_boxes: int = 10, classes_file=None, anchors_file=None,
                   input_size: int = 608, resize: str = "plain", tracking_uri: str = DEFAULT_TRACKING_URI,
                   echo=print) -> list[dict]:
     """Detect objects in image files, draw them into ``out_dir/<stem>.png`` and write
     ``out_dir/detections.json``; returns the rows. The course's YOLOv2 (a weights file +
     classes + anchors) is decoded with the course's ``yolo_head`` + ``yolo_eval`` (class-agnostic
-    NMS, ``max_boxes``); a pipeline detector with the batched per-class decoder."""
+    NMS, ``max_boxes``); a pipeline detector with the batched per-class decoder.
+    ``score_threshold`` None: the pipeline detector's registered threshold (best F1 on its eval
+    split), or 0.3 (the course's value) for the course model and models without one."""
     import numpy as np
 
-    from components.tasks.detection import describe
+    from components.tasks.detection import FALLBACK_SCORE_THRESHOLD, describe, threshold_of
     from data.records import BadRecord, read_image_file
     from models.yolo import yolo_eval, yolo_head
     from models.yolo.draw import draw_boxes, fit_image
     from models.yolo.inference import detect, detection_dicts
 
-    kind, net, names, anchors, (h, w) = _load_any_detector(model, tracking_uri, classes_file, anchors_file, input_size)
+    kind, net, names, anchors, (h, w), info = _load_any_detector(model, tracking_uri, classes_file, anchors_file,
+                                                                 input_size)
+    if score_threshold is not None:
+        source = "given"
+    elif info is None:
+        score_threshold, source = FALLBACK_SCORE_THRESHOLD, "default, as in the course"
+    else:
+        score_threshold, source = threshold_of(info)
+    echo(f"score threshold {score_threshold:.3f} ({source})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, used = [], set()
@@ -91,7 +101,8 @@ def detect_images(model: str, images: list[str], out_dir, *, score_threshold: fl
         for line in describe(dets, best, f" for {path}"):
             echo(line)
     meta = {"model": model, "kind": kind, "classes": names, "input_size": [h, w], "resize": resize,
-            "score_threshold": score_threshold, "iou_threshold": iou_threshold, "max_boxes": max_boxes,
+            "score_threshold": score_threshold, "score_threshold_source": source, "iou_threshold": iou_threshold,
+            "max_boxes": max_boxes,
             "nms": "class-agnostic (the course's yolo_eval)" if kind == "course" else "per class",
             "images": rows}
     (out_dir / "detections.json").write_text(json.dumps(meta, indent=2))

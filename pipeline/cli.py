@@ -393,7 +393,8 @@ def _experiments(uri: str) -> list[tuple[str, str]]:
 @tracking_uri_option
 @click.option("--top", default=1, show_default=True, help="Classifier: show the top-k classes.")
 @click.option("--score-threshold", type=click.FloatRange(0, 1),
-              help="Detector: keep boxes scoring at least this (default 0.3).")
+              help="Detector: keep boxes scoring at least this (default: the model's registered threshold, "
+                   "its best F1 on its eval split; 0.3 without one).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Detector: also draw the boxes into this folder (<image>.png).")
 @click.option("--face-db", type=click.Path(dir_okay=False),

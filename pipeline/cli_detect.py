@@ -19,8 +19,9 @@ from pipeline.cli_common import fail, quiet_libraries, tracking_uri_option
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for the drawn images (<name>.png) and detections.json.")
-@click.option("--score-threshold", default=0.3, show_default=True, type=click.FloatRange(0, 1),
-              help="Keep boxes whose class score p_c * c_i is at least this.")
+@click.option("--score-threshold", type=click.FloatRange(0, 1),
+              help="Keep boxes whose class score p_c * c_i is at least this. Default: the threshold registered "
+                   "with a pipeline detector (best F1 on its eval split), else 0.3 (the course's).")
 @click.option("--iou-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="NMS IoU.")
 @click.option("--max-boxes", default=10, show_default=True, type=click.IntRange(1), help="Boxes per image at most.")
 @click.option("--classes", "classes_file", type=click.Path(), help="The course's coco_classes.txt (course model).")

@@ -323,7 +323,9 @@ def f1_at_thresholds(gt, detections, iou_threshold=0.5, class_names=None) -> dic
     last = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, bool)
     s, ctp, cfp = s[last], ctp[last], cfp[last]
     f1 = 2 * ctp / np.maximum(2 * ctp + cfp + (npos - ctp), np.finfo(np.float64).eps)
-    out = {"iou_threshold": iou_threshold, "num_gt": npos, "curve": {"threshold": s.tolist(), "f1": f1.tolist()}}
+    out = {"iou_threshold": iou_threshold, "num_gt": npos, "curve": {"threshold": s.tolist(), "f1": f1.tolist()},
+           # every detection given kept (the lowest cut): what a fixed threshold applied beforehand gives
+           "all": {"tp": int(ctp[-1]) if len(ctp) else 0, "fp": int(cfp[-1]) if len(cfp) else 0}}
     if not len(f1) or f1.max() <= 0:
         return {**out, "threshold": None, "f1": 0.0, "precision": 0.0, "recall": 0.0, "tp": 0, "fp": int(cfp[-1]) if len(cfp) else 0}
     i = int(np.argmax(f1))  # first maximum = the highest threshold reaching it

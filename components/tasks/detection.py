@@ -41,6 +41,8 @@ from components.tasks.base import Score, Task, TrainData
 OUTPUT = ("raw (S_h, S_w, A, 5 + C) logits [t_x, t_y, t_w, t_h, t_o, classes]; decode with "
           "models.yolo.decode_predictions(raw, anchors, num_classes)")
 BULK_PROTOCOL = {"score_threshold": 0.001, "max_detections": 100}  # BulkInferrer's (and the Evaluator's) defaults
+# `predict`/`detect` on a model registered without its own threshold (no eval split, or older)
+FALLBACK_SCORE_THRESHOLD = 0.3
 
 
 class TrainParams(Params):
@@ -104,6 +106,13 @@ class Info(BaseModel):
     output: str = OUTPUT
     class_loss: Literal["softmax", "sigmoid"]
     nms_iou_threshold: float
+    # The score cut with the best F1 on the eval split (IoU > 0.5, right class), chosen by the
+    # Trainer as the face branch chooses its distance threshold: `predict`/`detect` use it.
+    # None: no eval split (or a model from before), and they fall back to 0.3.
+    score_threshold: float | None = None
+    score_threshold_f1: float | None = None  # precision/recall at it, on that split
+    score_threshold_precision: float | None = None
+    score_threshold_recall: float | None = None
 
 
 # ---------------------------------------------------------------- data and anchors
@@ -207,6 +216,15 @@ def flat_metrics(coco: dict, voc: dict) -> dict:
         if ap is not None:
             flat[f"ap50_{name}"] = float(ap)
     return flat
+
+
+def threshold_of(info) -> tuple[float, str]:
+    """(score threshold, where it comes from) for `predict`/`detect` when none is given."""
+    cut = info.get("score_threshold")
+    if cut is None:
+        return FALLBACK_SCORE_THRESHOLD, "default: the model has no registered threshold"
+    f1 = info.get("score_threshold_f1")
+    return float(cut), "registered with the model: best F1" + (f" {f1:.2f}" if f1 is not None else "") + " on its eval split"
 
 
 def describe(detections: list[dict], best_score: float | None = None, where: str = "") -> list[str]:
@@ -317,7 +335,30 @@ class DetectionTask(Task):
         return {"anchors": s["anchors_grid"].tolist(), "anchors_relative": s["anchors_relative"].tolist(),
                 "anchor_source": s["anchor_source"], "anchor_mean_iou": None if math.isnan(miou) else miou,
                 "grid": list(s["grid"]), "num_anchors": len(s["anchors_relative"]), "class_loss": tc.tp.class_loss,
-                "nms_iou_threshold": tc.tp.iou_threshold}
+                "nms_iou_threshold": tc.tp.iou_threshold, **self._score_threshold(tc, data, model)}
+
+    def _score_threshold(self, tc, data, model) -> dict:
+        """The score cut with the best F1 on the eval split (the model as it will be served)."""
+        from components.metrics.detection import f1_at_thresholds
+        from models.yolo.inference import ground_truth, predict
+
+        ev = data.state["eval"]
+        if not ev or not len(ev["images"]):
+            tc.logger.info("no eval split: predict/detect will use the score threshold %.2f", FALLBACK_SCORE_THRESHOLD)
+            return {}
+        dets = predict(model, ev["images"], data.state["anchors_grid"], len(tc.examples.classes),
+                       iou_threshold=tc.tp.iou_threshold, image_ids=list(range(len(ev["images"]))))
+        gt = ground_truth(ev["images"], ev["boxes"], ev["labels"], list(range(len(ev["images"]))))
+        best = f1_at_thresholds(gt, dets, class_names=list(tc.examples.classes))
+        if best["threshold"] is None:
+            tc.logger.warning("no detection on the eval split matches a box: predict/detect will use the score "
+                              "threshold %.2f", FALLBACK_SCORE_THRESHOLD)
+            return {}
+        tc.logger.info("score threshold %.3f: best F1 %.3f on the eval split (precision %.3f, recall %.3f)",
+                       best["threshold"], best["f1"], best["precision"], best["recall"])
+        tc.ctx.tracker.log_metrics({"score_threshold": best["threshold"], "score_threshold_f1": best["f1"]})
+        return {"score_threshold": best["threshold"], "score_threshold_f1": best["f1"],
+                "score_threshold_precision": best["precision"], "score_threshold_recall": best["recall"]}
 
     # --------------------------------------------------------------- Evaluator
     def eval_data(self, examples, split, ep, tp) -> dict:
@@ -348,12 +389,15 @@ class DetectionTask(Task):
         voc = voc_evaluate(gt, dets, iou_threshold=tp.voc_iou_threshold, class_names=classes)
         voc_s = time.perf_counter() - t0
         flat = flat_metrics(coco, voc)
+        at_cut = self._at_registered_threshold(info, gt, dets, classes, tp)
+        flat.update({f"{k}_at_threshold": at_cut[k] for k in ("f1", "precision", "recall") if at_cut})
         report = {"split": data["split"], "num_images": len(images), "num_gt_boxes": coco["num_gt"],
                   "num_detections": len(dets), "image_size": list(info.image_size),
                   "protocol": {"score_threshold": tp.score_threshold, "max_detections": tp.max_detections,
                                "nms_iou_threshold": tp.iou_threshold,
                                "nms": "per class (combined_non_max_suppression)"},
                   "coco": {k: v for k, v in coco.items() if k != "summary"}, "coco_summary": coco.get("summary", ""),
+                  "at_score_threshold": at_cut,
                   "voc": {k: v for k, v in voc.items() if k != "curves"},
                   "timings": {"predict_seconds": predict_s, "images_per_second": len(images) / max(predict_s, 1e-9),
                               "coco_eval_seconds": coco_s, "voc_eval_seconds": voc_s},
@@ -366,6 +410,23 @@ class DetectionTask(Task):
                                                  Path(plot_dir) / "detections_grid.png", class_names=classes,
                                                  score_threshold=tp.grid_score_threshold, max_images=tp.grid_images))
         return Score(report=report, flat=flat, plots=plots)
+
+    @staticmethod
+    def _at_registered_threshold(info, gt, dets, classes, tp) -> dict:
+        """Precision/recall/F1 of the boxes `predict` would show: those at or above the model's
+        registered score threshold (an unseen split's check of the cut chosen on eval)."""
+        from components.metrics.detection import f1_at_thresholds
+
+        cut = info.get("score_threshold")
+        if cut is None or cut < tp.score_threshold:
+            return {}
+        r = f1_at_thresholds(gt, [d for d in dets if d["score"] >= cut], iou_threshold=tp.voc_iou_threshold,
+                             class_names=classes)
+        tp_n, fp_n, n = r["all"]["tp"], r["all"]["fp"], r["num_gt"]
+        prec = tp_n / (tp_n + fp_n) if tp_n + fp_n else 0.0
+        rec = tp_n / n if n else 0.0
+        return {"score_threshold": cut, "precision": prec, "recall": rec,
+                "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0, "boxes": tp_n + fp_n, "true_positives": tp_n}
 
     def comparable(self, baseline, info) -> str | None:
         if baseline.task != "detection" or baseline.get("anchors") is None:
@@ -392,7 +453,8 @@ class DetectionTask(Task):
     # --------------------------------------------------------------- inference
     def predictor(self, model, info, score_threshold: float = BULK_PROTOCOL["score_threshold"],
                   iou_threshold: float | None = None, max_boxes: int | None = None,
-                  max_detections: int = BULK_PROTOCOL["max_detections"], out_dir=None, **_):
+                  max_detections: int = BULK_PROTOCOL["max_detections"], out_dir=None,
+                  threshold_source: str | None = None, **_):
         """Rows ``{"key", "width", "height", "detections": [{"box" (pixels of the model's input),
         "score", "label", "class"}]}`` (+ ``best_score`` when nothing was kept; + ``output``, the
         drawn image, with ``out_dir``)."""
@@ -419,6 +481,8 @@ class DetectionTask(Task):
                                                         max_detections=max_boxes or max_detections)):
                 dets = detection_dicts(to_pixels(det["boxes"], h, w), det["scores"], det["labels"], classes)
                 row = {"key": k, "width": int(w), "height": int(h), "detections": dets}
+                if threshold_source:  # interactive predict: say which cut was applied
+                    row["score_threshold"], row["threshold_source"] = score_threshold, threshold_source
                 if not dets:
                     row["best_score"] = round(det["best_score"], 5)
                 if out_dir is not None:
@@ -448,6 +512,14 @@ class DetectionTask(Task):
         (out_dir / "coco_images.json").write_text(json.dumps({"images": images, "categories": cats}, indent=2))
         return {"detections": float(len(dets)), "images": float(len(rows))}
 
+    def predict_options(self, info, options: dict) -> dict:
+        if options.get("score_threshold") is not None:
+            return {**options, "threshold_source": "given"}
+        cut, source = threshold_of(info)
+        return {**options, "score_threshold": cut, "threshold_source": source}
+
     def format_row(self, row: dict) -> list[str]:
         lines = describe(row["detections"], row.get("best_score"))
+        if row.get("threshold_source"):
+            lines.append(f"  score threshold {row['score_threshold']:.3f} ({row['threshold_source']})")
         return lines + ([f"  drawn: {row['output']}"] if row.get("output") else [])

@@ -140,3 +140,24 @@ def test_coco_json_and_plots(tmp_path):
         assert im.size[0] > 300 and im.size[1] > 200
     for p in paths:
         assert p.stat().st_size > 5000
+
+
+def test_f1_threshold_on_a_hand_worked_case():
+    """WITH_FP pooled over classes, highest score first: 0.95 FP, 0.9 TP (dog), 0.8 TP, 0.7 TP;
+    3 boxes to find. F1 = 2TP / (kept + 3): cut .95 -> 0, .9 -> 2/5, .8 -> 4/6, .7 -> 6/7. Best: 0.7."""
+    from components.metrics.detection import f1_at_thresholds
+
+    r = f1_at_thresholds(GT, WITH_FP, class_names=NAMES)
+    assert r["threshold"] == pytest.approx(0.7) and r["f1"] == pytest.approx(6 / 7)
+    assert r["precision"] == pytest.approx(3 / 4) and r["recall"] == pytest.approx(1.0)
+    np.testing.assert_allclose(r["curve"]["f1"], [0, 2 / 5, 4 / 6, 6 / 7])
+    # A low-scoring false positive is left out by the cut: best F1 stops above it.
+    low_fp = PERFECT + [{"image_id": "b", "box": [60, 60, 70, 70], "score": 0.1, "label": 1}]
+    r = f1_at_thresholds(GT, low_fp, class_names=NAMES)
+    assert r["threshold"] == pytest.approx(0.7) and r["f1"] == pytest.approx(1.0)
+    assert r["all"] == {"tp": 3, "fp": 1}
+    # Equal scores are one cut (a threshold keeps both or neither); nothing right -> no threshold.
+    tied = [{**d, "score": 0.5} for d in PERFECT]
+    assert f1_at_thresholds(GT, tied, class_names=NAMES)["curve"]["threshold"] == [0.5]
+    wrong = [{**d, "label": 1 - d["label"]} for d in PERFECT]
+    assert f1_at_thresholds(GT, wrong, class_names=NAMES)["threshold"] is None

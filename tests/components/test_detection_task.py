@@ -155,7 +155,7 @@ def raw_for(boxes_px, labels, anchor=(1.0, 1.0)):
     gh, gw = H // STRIDE, W // STRIDE
     raw = np.zeros((gh, gw, 1, 5 + len(CLASSES)), np.float32)
     raw[..., 4] = -20.0  # no object anywhere else
-    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    logit = lambda p: np.log(np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6)))  # noqa: E731
     for (x1, y1, x2, y2), lab in zip(boxes_px, labels):
         cx, cy = (x1 + x2) / 2 / W * gw, (y1 + y2) / 2 / H * gh
         col, row = int(cx), int(cy)
@@ -333,3 +333,74 @@ def test_predict_rows_for_a_detector(hand_anchored, tmp_path):
     _, rows = predict_images(str(model_dir), [str(paths[0])], score_threshold=1.0)
     assert rows[0]["detections"] == [] and 0 <= rows[0]["best_score"] < 1
     assert "--score-threshold" in task.format_row(rows[0])[1]
+
+
+def test_registered_score_threshold_is_what_predict_uses_and_the_evaluator_checks(tmp_path):
+    """A model registered with score threshold 0.5: predict applies it and says so; a given
+    --score-threshold wins; without one registered, 0.3. The Evaluator reports precision, recall and
+    F1 of the boxes at or above that cut: both predicted boxes are exact (score ~1) -> 1, 1, 1."""
+    from components.artifacts import ModelInfo
+    from components.evaluator import EvaluatorParams
+    from components.tasks import get_task
+
+    task = get_task("detection")
+    info = ModelInfo(model="fake", task="detection", classes=CLASSES, image_size=[H, W], anchors=[[1.0, 1.0]],
+                     score_threshold=0.5, score_threshold_f1=0.8)
+    opts = task.predict_options(info, {})
+    assert opts["score_threshold"] == 0.5 and "registered" in opts["threshold_source"] and "0.80" in opts["threshold_source"]
+    assert task.predict_options(info, {"score_threshold": 0.9})["threshold_source"] == "given"
+    bare = ModelInfo(model="fake", task="detection", classes=CLASSES, image_size=[H, W], anchors=[[1.0, 1.0]])
+    assert task.predict_options(bare, {})["score_threshold"] == 0.3
+    model = RawGrid(np.stack([raw_for(p, lab) for p, lab in zip(GT, LABELS)]))
+    images = np.zeros((2, H, W, 3), np.uint8)
+    images[1, 0, 0, 0] = 1
+    rows = task.predictor(model, info, **opts)(images, ["a", "b"])
+    assert [len(r["detections"]) for r in rows] == [1, 1] and rows[0]["score_threshold"] == 0.5
+    assert any("score threshold 0.500 (registered" in line for line in task.format_row(rows[0]))
+    ex = write_examples(tmp_path / "ex", GT, LABELS)
+    tp, ep = task.EvalParams(), EvaluatorParams()
+    data = task.eval_data(ex, "test", ep, tp)
+    s = task.score(model, info, data, ep, tp, None, None)
+    at = s.report["at_score_threshold"]
+    assert at["score_threshold"] == 0.5 and at["boxes"] == 2 and at["true_positives"] == 2
+    assert s.flat["f1_at_threshold"] == pytest.approx(1.0) and s.flat["precision_at_threshold"] == pytest.approx(1.0)
+    # the shifted square (IoU 0.73 > 0.5) still counts; one moved off entirely is a FP and a miss
+    far = [GT[0], [[0, 0, 8, 8]]]
+    model = RawGrid(np.stack([raw_for(p, lab) for p, lab in zip(far, LABELS)]))
+    s = task.score(model, info, data, ep, tp, None, None)
+    assert s.flat["precision_at_threshold"] == pytest.approx(0.5) and s.flat["recall_at_threshold"] == pytest.approx(0.5)
+
+
+def test_trainer_chooses_the_threshold_with_the_best_f1_on_eval():
+    """The Trainer's choice on an eval split where the model finds both boxes (score ~0.99999)
+    plus, on image 1, a wrong-class box of score ~0.73 (logits 1 and 12): the best F1 keeps the
+    two right boxes and cuts the wrong one, so the threshold lies above 0.73 and F1 is 1."""
+    from types import SimpleNamespace
+
+    from components.base import NullTracker
+    from components.tasks import get_task
+
+    task = get_task("detection")
+    raws = [raw_for(p, lab) for p, lab in zip(GT, LABELS)]
+    extra = raw_for([[0, 24, 16, 40]], [0])  # a circle where there is nothing
+    extra[..., 4] = np.where(extra[..., 4] > 0, 1.0, extra[..., 4])  # objectness logit 1: score ~0.73
+    raws[1] = np.where(extra[..., 4:5] > 0, extra, raws[1])
+    model = RawGrid(np.stack(raws))
+    images = np.zeros((2, H, W, 3), np.uint8)
+    images[1, 0, 0, 0] = 1
+    norm = [np.asarray(b, np.float32) / [W, H, W, H] for b in GT]
+    ev = {"images": images, "boxes": norm, "labels": [np.asarray(x) for x in LABELS]}
+    logs = []
+    tc = SimpleNamespace(tp=task.TrainParams(), examples=SimpleNamespace(classes=CLASSES),
+                         ctx=SimpleNamespace(tracker=NullTracker()),
+                         logger=SimpleNamespace(info=lambda *a: logs.append(a[0] % a[1:]), warning=print))
+    data = SimpleNamespace(state={"eval": ev, "anchors_grid": np.array([[1.0, 1.0]], np.float32)})
+    from models.yolo.inference import predict
+
+    scores = sorted(round(d["score"], 2) for d in predict(model, images, data.state["anchors_grid"], 2))
+    assert scores == [0.73, 1.0, 1.0]  # the wrong box is there to be cut
+    got = task._score_threshold(tc, data, model)
+    assert got["score_threshold_f1"] == pytest.approx(1.0) and got["score_threshold_precision"] == pytest.approx(1.0)
+    assert 0.73 < got["score_threshold"] <= 1.0 and "best F1 1.000" in logs[-1]
+    data.state["eval"] = None
+    assert task._score_threshold(tc, data, model) == {}
