@@ -11,6 +11,7 @@ raises ``ComponentError`` naming the folder and the missing file.
     Anchors         Anchors         anchors.json
     Evaluation      Evaluator       metrics.json (+ plots)
     Blessing        Evaluator       blessing.json
+    InfraBlessing   InfraValidator  infra_blessing.json
     PushedModel     Pusher          push.json
     InferenceResult BulkInferrer    predictions.jsonl (+ task files)
 
@@ -304,6 +305,29 @@ class Blessing:
         return _write_json(self.path / self.FILE, {"blessed": self.blessed, "reasons": self.reasons,
                                                    "metric": self.metric, "value": self.value,
                                                    "baseline": self.baseline, "thresholds": self.thresholds})
+
+
+@dataclasses.dataclass
+class InfraBlessing:
+    """``infra_blessing.json`` (InfraValidator): blessed, reasons (why not: the server did not
+    start, timed out, answered an error or differently from in-process inference), and what was
+    measured: requests sent, max_abs_diff, latency p50/p99 (ms), requests/s, startup seconds."""
+
+    path: Path
+    blessed: bool
+    reasons: list[str]
+    measurements: dict = dataclasses.field(default_factory=dict)
+
+    FILE = "infra_blessing.json"
+
+    @classmethod
+    def load(cls, path) -> "InfraBlessing":
+        d = _read_json(Path(path), cls.FILE, "an infra blessing artifact")
+        return cls(Path(path), bool(d["blessed"]), list(d.get("reasons", [])), d.get("measurements") or {})
+
+    def save(self) -> Path:
+        return _write_json(self.path / self.FILE, {"blessed": self.blessed, "reasons": self.reasons,
+                                                   "measurements": self.measurements})
 
 
 # ----------------------------------------------------------------------------- Pusher

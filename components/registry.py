@@ -13,6 +13,7 @@ COMPONENTS: dict[str, str] = {
     "Transform": "components.transform:SPEC",
     "Trainer": "components.trainer:SPEC",
     "Evaluator": "components.evaluator:SPEC",
+    "InfraValidator": "components.infra_validator:SPEC",
     "Pusher": "components.pusher:SPEC",
     "BulkInferrer": "components.bulk_inferrer:SPEC",
     "StyleTransfer": "components.style_transfer:SPEC",

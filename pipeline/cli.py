@@ -18,6 +18,7 @@ from pipeline.cli_common import tracking_uri_option
 # The command groups import their helpers from pipeline.cli_common, never from here: no cycle.
 from pipeline.cli_detect import detect
 from pipeline.cli_faces import faces
+from pipeline.cli_serve import request, serve
 from pipeline.cli_stylize import stylize
 
 
@@ -483,6 +484,8 @@ def explain(target, pipeline_file, input_shape, classes):
 main.add_command(stylize)
 main.add_command(faces)
 main.add_command(detect)
+main.add_command(serve)
+main.add_command(request)
 
 if __name__ == "__main__":
     main()

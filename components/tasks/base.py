@@ -15,7 +15,8 @@ any task. What differs between tasks (classification, binary, detection, embeddi
                 tail (components/blessing.py).
     BulkInferrer / predict / serving
                 predictor ─> uint8 image batch -> one JSON-able row per image; format_row ─> the
-                lines ``predict`` prints; finalize_inference ─> extra files of a whole split.
+                lines ``predict`` prints; finalize_inference ─> extra files of a whole split;
+                serving_model ─> what is registered and served (components/serving.py).
 
 To add a task: subclass ``Task`` in a new module here, set the class attributes, implement the
 abstract methods, and add one line to ``TASKS`` in ``components/tasks/__init__.py``
@@ -189,6 +190,12 @@ class Task(abc.ABC):
         """``predict``'s options with the model's own defaults filled in (a detector's registered
         score threshold when none was given); the batch paths (BulkInferrer) don't use this."""
         return dict(options)
+
+    def serving_model(self, model, info: ModelInfo):
+        """The Keras model the Pusher registers and the scoring server serves (uint8 images in):
+        the trained network itself by default; a task whose raw output needs decoding returns it
+        wrapped, so a client of the server never re-implements that (detection: boxes after NMS)."""
+        return model
 
     def finalize_inference(self, rows: list[dict], out_dir: Path, info: ModelInfo) -> dict:
         """Extra files for a whole split (detection: a COCO result file); returns summary numbers."""

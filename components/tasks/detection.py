@@ -518,6 +518,14 @@ class DetectionTask(Task):
         cut, source = threshold_of(info)
         return {**options, "score_threshold": cut, "threshold_source": source}
 
+    def serving_model(self, model, info):
+        """Registered and served with its decoding: (B, 100, 6) boxes after NMS (models/yolo/serving.py)."""
+        from models.yolo.serving import decoding_model
+
+        return decoding_model(model, info.get("anchors"), len(info.classes), info.image_size,
+                              iou_threshold=info.get("nms_iou_threshold", 0.5),
+                              max_detections=BULK_PROTOCOL["max_detections"])
+
     def format_row(self, row: dict) -> list[str]:
         lines = describe(row["detections"], row.get("best_score"))
         if row.get("threshold_source"):
