@@ -6,16 +6,27 @@ datasets, loss, metrics, held-out metrics and its own model_info fields; the sha
 (components/training.py) checkpoint every epoch in a folder that survives a kill, keep the best
 epoch, schedule the learning rate, stop early and track; one tail exports the best epoch's
 weights as `model.keras` and a SavedModel with a serving signature on uint8 images.
+
+``distribution.strategy`` (components/distribution.py) trains the same way under
+tf.distribute: ``mirrored`` (this machine's GPUs, or logical CPUs) or ``multi_worker`` (the
+cluster of ``TF_CONFIG``, the same command on every worker). The model is built and compiled in
+the strategy's scope, the global ``batch_size`` is split across the replicas, and
+``training.fit_distributed`` replaces ``model.fit`` with the same callbacks. Only the chief
+writes the artifact; another worker trains, writes into scratch, removes it and exits 0.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from components.base import ComponentError, ComponentSpec, Params
+from components.base import ComponentError, ComponentSpec, NullTracker, Params
+from components.distribution import DistributionParams
 
 
 class EarlyStopping(Params):
@@ -59,6 +70,8 @@ class TrainerParams(Params):
     # Params of the model's task plug-in (components/tasks/<task>.py TrainParams), e.g. the
     # P x K sampler and triplet margin of a face model, or a detector's anchors.
     task_params: dict[str, Any] = Field(default_factory=dict)
+    # tf.distribute: default | mirrored | multi_worker (components/distribution.py)
+    distribution: DistributionParams = Field(default_factory=DistributionParams)
 
     @field_validator("model")
     @classmethod
@@ -124,20 +137,41 @@ def train_context(ctx, inputs, params: TrainerParams):
 
 
 def run(ctx, inputs, params: TrainerParams):
+    from components import distribution as D
+
+    dist = D.make(params.distribution, ctx.logger)  # first: logical CPUs must precede any other TF work
     import keras
 
     from components import training as T
     from components.artifacts import Model, ModelInfo
 
+    if dist is not None and not dist.is_chief:
+        # a non-chief keeps its state (history, checkpoints, best epoch) in scratch beside the
+        # work folder (not inside it: the chief's runner removes that when it finishes) and
+        # tracks nothing; it starts empty, since nothing of it counts on a resume
+        scratch = ctx.work_dir.parent / f"{ctx.work_dir.name}.{dist.task.name}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        ctx = dataclasses.replace(ctx, work_dir=scratch, tracker=NullTracker())
+    scope = dist.strategy.scope if dist is not None else contextlib.nullcontext
+
     task, tc = train_context(ctx, inputs, params)
     tc.examples.require(params.train_split, "Trainer")
     keras.utils.set_random_seed(params.seed)
-    model, core = build_served_model(params, task, tc)
-    data = task.train_data(tc, model)
-    if "base_model" in inputs:  # transfer learning from another Trainer of the pipeline
-        T.load_init_weights(core, str(Path(inputs["base_model"]) / "model.keras"), ctx.logger)
-    elif params.init_weights:
-        T.load_init_weights(core, params.init_weights, ctx.logger, ctx.tracking_uri)
+    with scope():  # variables (weights, optimizer, metrics) are created once per replica
+        model, core = build_served_model(params, task, tc)
+        data = task.train_data(tc, model)
+        if "base_model" in inputs:  # transfer learning from another Trainer of the pipeline
+            T.load_init_weights(core, str(Path(inputs["base_model"]) / "model.keras"), ctx.logger)
+        elif params.init_weights:
+            T.load_init_weights(core, params.init_weights, ctx.logger, ctx.tracking_uri)
+    if dist is not None:
+        ctx.logger.info("distribution %s", dist.describe(params.batch_size))
+        if params.batch_size % dist.replicas:
+            ctx.logger.warning("batch_size %d is not a multiple of the %d replicas: replicas get unequal parts",
+                               params.batch_size, dist.replicas)
+        if params.steps_per_execution > 1:
+            ctx.logger.info("steps_per_execution is not used under a strategy (one step per call)")
 
     reported = task.reported_metrics(tc, data)
     monitor = T.resolve_monitor(params.best_metric, reported, data.has_eval, task.default_best_metric,
@@ -145,19 +179,26 @@ def run(ctx, inputs, params: TrainerParams):
     es_monitor = (T.resolve_monitor(params.early_stopping.monitor, reported, data.has_eval, monitor,
                                     "early_stopping.monitor", ctx.logger) if params.early_stopping else None)
     keep_best = T.KeepBest(monitor, task.lower_is_better, state_dir=ctx.work_dir / "best")
-    compile_args = task.compile_args(tc, data)
+    with scope():  # metrics create their variables when constructed: per replica, summed across workers
+        compile_args = task.compile_args(tc, data)
     epoch_callbacks = task.epoch_callbacks(tc, data)
 
     def fit(epochs: int, lr: float, phase: str):
-        model.compile(optimizer=T.make_optimizer(params, lr), steps_per_execution=params.steps_per_execution,
-                      **compile_args)
+        with scope():
+            model.compile(optimizer=T.make_optimizer(params, lr),
+                          steps_per_execution=params.steps_per_execution if dist is None else 1,
+                          **(compile_args if dist is None else T.distributed_compile_args(compile_args)))
         log = T.EpochLog(ctx, phase, ctx.work_dir / f"history-{phase}.json", epochs, monitor)
-        cbs = [T.kill_safe_backup(str(ctx.work_dir / f"backup-{phase}")), *epoch_callbacks, log, keep_best]
+        cbs = [T.kill_safe_backup(str(ctx.work_dir / f"backup-{phase}"), dist), *epoch_callbacks, log, keep_best]
         sched = T.lr_callback(params, lr, epochs, monitor)
         if sched is not None:
             cbs.append(sched)
         if es_monitor:
             cbs.append(T.early_stopping(params.early_stopping, es_monitor, task.lower_is_better))
+        if dist is not None:
+            with scope():
+                T.fit_distributed(model, dist, data, epochs, cbs, ctx.logger, f"{ctx.component_id} {phase}")
+            return log.history
         model.fit(data.train, validation_data=data.validation, epochs=epochs, steps_per_epoch=data.steps_per_epoch,
                   callbacks=cbs, shuffle=False,  # the datasets shuffle themselves
                   verbose=0)  # EpochLog shows one bar (or a few lines) per training, not Keras' lines
@@ -182,6 +223,9 @@ def run(ctx, inputs, params: TrainerParams):
             history.setdefault(k, []).extend(v)
     train_seconds = time.time() - t0
     epochs_run = len(history.get("loss", []))
+    if dist is not None:  # the saved model's compile config names the task's own loss, not the training wrapper
+        with scope():
+            model.compile(optimizer=model.optimizer, **compile_args)
     task_fields = task.finish(tc, data, model)
     try:
         task_fields = task.Info.model_validate(task_fields).model_dump(mode="json")
@@ -201,6 +245,12 @@ def run(ctx, inputs, params: TrainerParams):
     ctx.tracker.log_artifact(out.path / "model_info.json")
     ctx.logger.info("trained %s: %d epochs in %.1fs (%.0f images/s), best epoch %d (%s=%s)", params.model, epochs_run,
                     train_seconds, info.images_per_second, info.best_epoch, monitor, info.best_value)
+    if dist is not None and not dist.is_chief:
+        # this worker's copy of the model was written to the runner's temporary folder (saving
+        # took part in any collective); NotChief discards it and exits 0: the chief's is the artifact
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        ctx.logger.info("%s done: not the chief, no artifact from this worker (the chief writes it)", dist.task.name)
+        raise D.NotChief(f"{dist.task.name}: trained; the chief writes the artifact")
     final = {f"final_{k}": float(v[-1]) for k, v in history.items() if v}
     numbers = {k: float(v) for k, v in task_fields.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return {**final, **numbers, "best_epoch": info.best_epoch, "train_seconds": train_seconds,
@@ -212,7 +262,7 @@ def _code_dependencies(params: TrainerParams) -> list[str]:
     from models.registry import get_entry
 
     return [get_entry(params.model).target.split(":")[0], "models.preprocessing", "models.augmentation",
-            "components.training", "components.tasks.base", task_module(params.task)]
+            "components.training", "components.distribution", "components.tasks.base", task_module(params.task)]
 
 
 def _inputs() -> dict[str, bool]:

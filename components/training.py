@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -60,7 +61,34 @@ def lr_callback(params, base_lr: float, epochs: int, monitor: str):
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` whose checkpoint is written under a temporary name and renamed into
     place: Keras writes the .weights.h5 in place, and a SIGKILL in the middle leaves a truncated
-    file that makes the rerun fail."""
+    file that makes the rerun fail.
+
+    Under multi_worker (``dist``, components/distribution.py) only the chief's files count, and
+    no worker needs the others' disks: every worker takes part in saving (TensorFlow's rule for
+    MultiWorkerMirroredStrategy: a save may need collectives; Keras 3's .weights.h5 reads the
+    mirrored variables locally today), a non-chief into its own ``backup_dir`` that it deletes at
+    once; on resume the chief restores its checkpoint and broadcasts the epoch and every weight
+    and optimizer variable to the others. Keras 3's own BackupAndRestore does none of this (each
+    worker would read and write ``backup_dir`` as if it were alone)."""
+
+    def __init__(self, backup_dir: str, dist=None):
+        super().__init__(backup_dir)
+        self.dist = dist if dist is not None and dist.multi_worker else None
+
+    def on_train_begin(self, logs=None):
+        if self.dist is None:
+            return super().on_train_begin(logs)
+        if self.dist.is_chief:
+            super().on_train_begin(logs)
+        opt = self.model.optimizer
+        if opt is not None and not opt.built:  # the same variables on every worker before the broadcast
+            opt.build(self.model.trainable_variables)
+        epoch = int(self.dist.broadcast([np.array([self.model._initial_epoch or 0], np.int64)])[0][0])
+        if epoch:
+            variables = list(self.model.weights) + (list(opt.variables) if opt is not None else [])
+            for v, value in zip(variables, self.dist.broadcast([np.asarray(v.numpy()) for v in variables])):
+                v.assign(value)
+            self.model._initial_epoch = epoch
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
@@ -73,10 +101,12 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         # early with newer weights, never with a half file
         os.replace(tmp_weights, self._weights_path)
         os.replace(tmp_meta, self._training_metadata_path)
+        if self.dist is not None and not self.dist.is_chief:
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
-def kill_safe_backup(backup_dir: str) -> AtomicBackupAndRestore:
-    return AtomicBackupAndRestore(backup_dir)
+def kill_safe_backup(backup_dir: str, dist=None) -> AtomicBackupAndRestore:
+    return AtomicBackupAndRestore(backup_dir, dist)
 
 
 def is_lower_better(metric: str, lower_is_better=frozenset()) -> bool:
@@ -209,6 +239,100 @@ def resolve_monitor(requested: str, reported: set[str], has_eval: bool, default:
 def early_stopping(es, monitor: str, lower_is_better=frozenset()):
     return keras.callbacks.EarlyStopping(monitor=monitor, patience=es.patience, min_delta=es.min_delta,
                                          mode="min" if is_lower_better(monitor, lower_is_better) else "max")
+
+
+# ----------------------------------------------------------------------------- tf.distribute
+class ReplicaAveragedLoss(keras.losses.Loss):
+    """A task's loss for training under a strategy. Keras divides a loss by the number of
+    replicas only when the loss returns one value per example (its ``sum_over_batch_size``
+    reduction); a loss that returns one number for the whole batch (the triplet losses: the
+    mean over the batch's triplets) would have its gradients summed over the replicas, and its
+    logged value multiplied by their number. Such a number is spread over the replica's
+    examples, so Keras averages it over the replicas like any other loss."""
+
+    def __init__(self, inner: keras.losses.Loss):
+        super().__init__(name=inner.name, reduction=inner.reduction, dtype=inner.dtype)
+        self.inner = inner
+
+    def call(self, y_true, y_pred):
+        v = self.inner.call(y_true, y_pred)
+        if len(v.shape) == 0:
+            v = keras.ops.broadcast_to(v, keras.ops.shape(y_pred)[:1])
+        return v
+
+
+def distributed_compile_args(compile_args: dict) -> dict:
+    loss = compile_args.get("loss")
+    return {**compile_args, "loss": ReplicaAveragedLoss(loss)} if isinstance(loss, keras.losses.Loss) else compile_args
+
+
+def _metric_logs(model) -> dict:
+    return {k: float(v) for k, v in model.get_metrics_result().items()}
+
+
+def fit_distributed(model, dist, data, epochs: int, callbacks: list, logger, label: str) -> None:
+    """``model.fit`` for a tf.distribute strategy (components/distribution.py): the model, its
+    optimizer and metrics were built and compiled in ``dist.strategy.scope()``.
+
+    Keras 3's own ``fit`` fails under MultiWorkerMirroredStrategy ("Attempt to convert a value
+    (PerReplica...) to a Tensor", keras-team/keras#20585); this loop runs Keras' own
+    ``train_step`` / ``test_step`` per replica (``strategy.run``: same loss, metrics and
+    optimizer as ``fit``) over the distributed datasets, and drives the same callbacks the same
+    way (``_initial_epoch`` from the checkpoint, ``stop_training``, epoch logs with ``val_*``),
+    so checkpoint/resume, the best epoch, the LR schedule, early stopping, the tasks' held-out
+    metrics and the tracker work unchanged. Used for mirrored too: one loop, tested under both.
+
+    Logs once per run what this process's replicas actually received (steps, examples, batch
+    size per replica): the proof that a global batch is split, not repeated."""
+    import tensorflow as tf
+
+    from components.distribution import distribute_dataset
+
+    strategy = dist.strategy
+    train = distribute_dataset(dist, data.train)
+    val = distribute_dataset(dist, data.validation) if data.validation is not None else None
+    train_fn = tf.function(lambda b: strategy.run(model.train_step, args=(b,)), reduce_retracing=True)
+    test_fn = tf.function(lambda b: strategy.run(model.test_step, args=(b,)), reduce_retracing=True)
+    cbs = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, steps=data.steps_per_epoch, verbose=0)
+    # metrics, loss and optimizer variables must exist before the first step: created inside a
+    # replica (lazily, as train_step would) they fail under MirroredStrategy. Keras' fit does the
+    # same through this private hook; the dataset's element spec gives the shapes, no data read.
+    model._symbolic_build(data_batch=data.train.element_spec)
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    persistent = iter(train) if data.steps_per_epoch else None  # a repeated dataset: one iterator for all epochs
+    model.stop_training = False
+    model._initial_epoch = None  # set by the backup callback when it restores a checkpoint
+    cbs.on_train_begin()
+    start = model._initial_epoch or 0
+    logs: dict = {}
+    for epoch in range(start, epochs):
+        model.reset_metrics()
+        cbs.on_epoch_begin(epoch)
+        batches = (next(persistent) for _ in range(data.steps_per_epoch)) if persistent is not None else train
+        steps, examples, sizes = 0, 0, []
+        for batch in batches:
+            local = [int(t.shape[0]) for t in strategy.experimental_local_results(tf.nest.flatten(batch)[0])]
+            steps, examples = steps + 1, examples + sum(local)
+            sizes.append(local)
+            train_fn(batch)
+        logs = _metric_logs(model)
+        if val is not None:
+            model.reset_metrics()
+            for batch in val:
+                test_fn(batch)
+            logs.update({f"val_{k}": v for k, v in _metric_logs(model).items()})
+        if epoch == start:
+            per_replica = sorted({n for s in sizes for n in s}, reverse=True)
+            logger.info("%s: epoch %d: %d steps, %d examples on this process's %d replica(s), per-replica batch %s "
+                        "(first step %s)", label, epoch + 1, steps, examples, len(sizes[0]) if sizes else 0,
+                        "/".join(map(str, per_replica)), sizes[0] if sizes else [])
+        cbs.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    if isinstance(model.optimizer, keras.optimizers.Optimizer) and epochs > 0:
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+    cbs.on_train_end(logs)
 
 
 # ----------------------------------------------------------------------------- transfer learning
