@@ -239,10 +239,103 @@ def _resolve_duplicates(policy: str):
     return fn
 
 
+def shard_of(sha: str, num_shards: int) -> int:
+    """The shard a record goes to, from its content hash: copies of one image share a shard, so
+    each shard's writer resolves its duplicates alone (one GroupByKey for both jobs)."""
+    return int(sha[:12], 16) % num_shards
+
+
+_REPORT_TAGS = ("bad", "issues", "misses", "dups", "dropped", "summary")
+
+
+class _ShardWriter:
+    """What the ExampleGen's writing DoFn does with one shard's group: resolve the duplicates,
+    write ``<split>/data-SSSSS-of-NNNNN.tfrecord`` for each split (records sorted by key, so the
+    bytes are the same on every engine) and the shard's report part, each renamed into place."""
+
+    def __init__(self, out: str, splits: list[str], num_shards: int, policy: str):
+        self.out, self.splits, self.num_shards, self.policy = out, splits, num_shards, policy
+
+    def shard_name(self, split: str, shard: int) -> Path:
+        return Path(self.out) / split / f"data-{shard:05d}-of-{self.num_shards:05d}.tfrecord"
+
+    def process(self, kv):
+        from components.beam_engine import write_atomic, write_tfrecord
+
+        shard, rows = kv
+        part = {t: [] for t in _REPORT_TAGS}
+        by_sha: dict[str, list] = {}
+        for tag, value in rows:
+            if tag == "ok":
+                by_sha.setdefault(value[0], []).append(value[1])
+            else:
+                part[tag].append(value)
+        keep_by_split: dict[str, list] = {s: [] for s in self.splits}
+        resolve = _resolve_duplicates(self.policy)
+        for sha in sorted(by_sha):
+            for tag, value in resolve((sha, by_sha[sha])):
+                if tag == "keep":
+                    keep_by_split[value["split"]].append(value)
+                    part["summary"].append({"split": value["split"], "label": value["label"], "size": value["size"],
+                                            "boxes": value["boxes"], "key": value["key"]})
+                else:
+                    part[{"dup": "dups", "dropped": "dropped"}[tag]].append(value)
+        scratch = Path(self.out) / ".beam"
+        written = {}
+        for split, recs in keep_by_split.items():
+            if recs:
+                recs.sort(key=lambda r: r["key"])
+                written[split] = write_tfrecord(self.shard_name(split, shard), (r["example"] for r in recs),
+                                                scratch / "tmp")
+        part["written"] = written
+        write_atomic(scratch / "parts" / f"part-{shard:05d}.json", lambda f: f.write(json.dumps(part).encode()),
+                     scratch / "tmp")
+        yield shard
+
+
+def _collect_parts(scratch: Path, total: int, runner: str) -> dict:
+    """The shard writers' report parts merged; fails when they do not account for every record
+    (an engine that skipped or lost part of the pipeline must not leave a plausible artifact)."""
+    merged: dict = {t: [] for t in _REPORT_TAGS}
+    merged["written"] = {}
+    for f in sorted((scratch / "parts").glob("part-*.json")):
+        part = json.loads(f.read_text())
+        for t in _REPORT_TAGS:
+            merged[t] += part[t]
+        for split, n in part["written"].items():
+            merged["written"].setdefault(split, {})[f.stem] = n
+    seen = len(merged["bad"]) + len(merged["summary"]) + len(merged["dropped"])
+    if seen != total:
+        raise ComponentError(f"ExampleGen: the Beam engine ({runner}) finished, but its shard writers account for "
+                             f"{seen} of {total} records; nothing was kept (try beam.runner: local)")
+    return merged
+
+
+def _complete_shards(writer: _ShardWriter, parts: dict, splits: list[str]) -> None:
+    """Check each split's folder holds exactly the shards the writers reported, with the records
+    the summary counts, then add the empty shards (every ``data-SSSSS-of-NNNNN`` exists, as
+    WriteToTFRecord leaves them)."""
+    for split in splits:
+        expected = sum(1 for r in parts["summary"] if r["split"] == split)
+        reported = parts["written"].get(split, {})
+        named = {writer.shard_name(split, int(stem.split("-")[1])).name for stem in reported}
+        folder = Path(writer.out) / split
+        on_disk = {f.name for f in folder.iterdir()} if folder.is_dir() else set()
+        if on_disk != named or sum(reported.values()) != expected:
+            raise ComponentError(f"ExampleGen: split {split!r}: the shard writers reported {sum(reported.values())} "
+                                 f"records in {sorted(named)}, the summary counts {expected}, the folder holds "
+                                 f"{sorted(on_disk)}; nothing was kept")
+        folder.mkdir(exist_ok=True)
+        for shard in range(writer.num_shards):
+            path = writer.shard_name(split, shard)
+            if not path.exists():
+                path.write_bytes(b"")
+
+
 def run(ctx, inputs, params: ExampleGenParams):
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
 
+    from components.beam_engine import open_pipeline
     from components.sources import open_source
 
     out = ctx.outputs["examples"]
@@ -262,54 +355,47 @@ def run(ctx, inputs, params: ExampleGenParams):
                     len(info.classes), splits)
     scratch = out / ".beam"
     scratch.mkdir()
+    num_shards = params.num_shards
 
-    class LoadDoFn(beam.DoFn):
+    class Load(beam.DoFn):
+        """One ref -> (shard, (tag, value)): every outcome, records and report rows alike, goes
+        to one shard's writer (tags by hand: tagged outputs are not portable, see beam_engine)."""
+
         def __init__(self, body):
             self.body = body
 
         def process(self, ref):
             for tag, value in self.body.process(ref):
-                yield beam.pvalue.TaggedOutput(tag, value) if tag != "ok" else value
+                shard = shard_of(value[0], num_shards) if tag == "ok" else 0
+                yield shard, ({"issue": "issues", "miss": "misses"}.get(tag, tag), value)
 
-    class Resolve(beam.DoFn):
-        def __init__(self, policy):
-            self.fn = _resolve_duplicates(policy)
+    class Write(beam.DoFn):
+        def __init__(self, body):
+            self.body = body
 
         def process(self, kv):
-            for tag, value in self.fn(kv):
-                yield beam.pvalue.TaggedOutput(tag, value) if tag != "keep" else value
+            yield from self.body.process(kv)
 
     body = _RecordLoader(info.loader, params.model_dump_json())
-    opts = PipelineOptions(["--runner=FnApiRunner", *ctx.beam["args"]])
-    with beam.Pipeline(options=opts) as p:
-        loaded = (p | "Refs" >> beam.Create(info.refs, reshuffle=False)
-                  | "Load" >> beam.ParDo(LoadDoFn(body)).with_outputs("bad", "issue", "miss", main="ok"))
-        resolved = (loaded.ok | "BySha" >> beam.GroupByKey()
-                    | "Dedup" >> beam.ParDo(Resolve(params.duplicates)).with_outputs("dup", "dropped", main="keep"))
-        for tag, coll in (("bad", loaded.bad), ("issues", loaded.issue), ("misses", loaded.miss), ("dups", resolved.dup),
-                          ("dropped", resolved.dropped)):
-            (coll | f"Json{tag}" >> beam.Map(json.dumps)
-             | f"Write{tag}" >> beam.io.WriteToText(str(scratch / tag), file_name_suffix=".jsonl"))
-        (resolved.keep | "Summary" >> beam.Map(lambda r: json.dumps({"split": r["split"], "label": r["label"],
-                                                                      "size": r["size"], "boxes": r["boxes"]}))
-         | "WriteSummary" >> beam.io.WriteToText(str(scratch / "summary"), file_name_suffix=".jsonl"))
-        parts = resolved.keep | "BySplit" >> beam.Partition(lambda r, n: splits.index(r["split"]), len(splits))
-        for i, split in enumerate(splits):
-            (parts[i] | f"Ex{split}" >> beam.Map(lambda r: r["example"])
-             | f"Write{split}" >> beam.io.WriteToTFRecord(str(out / split / "data"), file_name_suffix=".tfrecord",
-                                                          num_shards=params.num_shards))
-
-    def read(tag):
-        rows = []
-        for f in sorted(scratch.glob(f"{tag}*.jsonl")):
-            rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        return rows
-
-    bad, issues, misses, dups, dropped, summary = (read(t) for t in ("bad", "issues", "misses", "dups", "dropped",
-                                                                    "summary"))
+    writer = _ShardWriter(str(out), splits, num_shards, params.duplicates)
+    with open_pipeline(ctx.beam, ctx.logger, who="ExampleGen") as p:
+        # Create reshuffles its refs: that is what spreads Load over the engine's workers
+        (p | "Refs" >> beam.Create(info.refs)
+         | "Load" >> beam.ParDo(Load(body))
+         | "ByShard" >> beam.GroupByKey()
+         | "Write" >> beam.ParDo(Write(writer)))
+    parts = _collect_parts(scratch, len(info.refs), ctx.beam.get("runner", "local"))
+    _complete_shards(writer, parts, splits)
     import shutil
 
     shutil.rmtree(scratch)
+    bad, issues, misses, dups, dropped, summary = (parts[t] for t in _REPORT_TAGS)
+    # engines deliver rows in any order: sort, so the reports are the same on every engine
+    issues.sort(key=lambda r: (r["key"], json.dumps(r, sort_keys=True)))
+    misses.sort(key=lambda r: r["key"])
+    dups.sort(key=lambda d: d["keys"])
+    dropped.sort(key=lambda r: r["key"])
+    summary.sort(key=lambda r: r["key"])
     bad.sort(key=lambda r: r["key"])
     bad_fraction = len(bad) / len(info.refs)
     report = {"total_records": len(info.refs), "bad_records": len(bad), "bad_fraction": bad_fraction,

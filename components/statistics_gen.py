@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from components.base import ComponentSpec, Params
+from components.base import ComponentError, ComponentSpec, Params
 
 
 class StatisticsGenParams(Params):
@@ -65,6 +65,8 @@ class _StatsAccumulator:
         n = max(acc["pixels"], 1)
         mean = [s / n for s in acc["sum"]]
         std = [float(np.sqrt(max(sq / n - m * m, 0.0))) for sq, m in zip(acc["sumsq"], mean)]
+        # key order and list order follow the merge order, which differs between engines: sort
+        acc = {k: dict(sorted(v.items())) if isinstance(v, dict) else v for k, v in acc.items()}
         out = {"num_examples": acc["n"], "mean": mean, "std": std, "class_counts": acc["labels"],
                "image_sizes": acc["sizes"]}
         if acc["box_labels"] or acc["boxes"]:
@@ -76,7 +78,7 @@ class _StatsAccumulator:
                 "box_height_hist": np.histogram(h, bins=10, range=(0, 1))[0].tolist() if len(h) else [],
                 "aspect_ratio_hist": (np.histogram(np.log2(w / np.maximum(h, 1e-6)), bins=10, range=(-3, 3))[0].tolist()
                                       if len(w) else []),
-                "box_wh": [[float(a), float(b)] for a, b in zip(w, h)],
+                "box_wh": sorted([float(a), float(b)] for a, b in zip(w, h)),
             }
         if acc["identities"]:
             counts = list(acc["identities"].values())
@@ -136,14 +138,29 @@ def _plot(stats: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _chunk_stats(chunk):
+    """(split, file, offset, count, first) -> (split, one record's statistics) per record."""
+    from components.beam_engine import read_tfrecord_chunk
+
+    split, name, offset, count, _ = chunk
+    for rec in read_tfrecord_chunk(name, offset, count):
+        yield split, _example_stats(rec)
+
+
 def run(ctx, inputs, params: StatisticsGenParams):
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
 
-    examples = Path(inputs["examples"])
-    schema = json.loads((examples / "schema.json").read_text())
+    from components.artifacts import Examples
+    from components.beam_engine import open_pipeline, tfrecord_chunks, write_atomic
+
+    examples = Examples.load(inputs["examples"])
+    schema = examples.schema
     out = ctx.outputs["statistics"]
-    splits = [s for s in schema["splits"] if list((examples / s).glob("*.tfrecord"))]
+    scratch = out / ".beam"
+    # the work is cut into record chunks on this side: Beam's TFRecord source does not run on
+    # every engine, and chunks are what the engines spread over their workers
+    chunks = [(s, *c) for s in schema["splits"] for c in tfrecord_chunks(examples.files(s))]
+    expected = {s: sum(c[3] for c in chunks if c[0] == s) for s in schema["splits"]}
 
     class Combine(beam.CombineFn):
         def __init__(self):
@@ -161,22 +178,39 @@ def run(ctx, inputs, params: StatisticsGenParams):
         def extract_output(self, acc):
             return self.body.extract_output(acc)
 
-    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner", *ctx.beam["args"]])) as p:
-        for s in splits:
-            (p | f"Read{s}" >> beam.io.ReadFromTFRecord(str(examples / s / "*.tfrecord"))
-             | f"Stats{s}" >> beam.Map(_example_stats)
-             | f"Combine{s}" >> beam.CombineGlobally(Combine())
-             | f"Json{s}" >> beam.Map(json.dumps)
-             | f"Write{s}" >> beam.io.WriteToText(str(out / f".{s}"), file_name_suffix=".json", shard_name_template=""))
+    class WriteSplit(beam.DoFn):
+        def __init__(self, folder):
+            self.folder = folder
+
+        def process(self, kv):
+            split, st = kv
+            write_atomic(Path(self.folder) / f"{split}.json", lambda f: f.write(json.dumps(st).encode()),
+                         Path(self.folder) / "tmp")
+            yield split
+
+    if chunks:
+        with open_pipeline(ctx.beam, ctx.logger, who="StatisticsGen") as p:
+            (p | "Chunks" >> beam.Create(chunks)
+             | "Stats" >> beam.FlatMap(_chunk_stats)
+             | "Combine" >> beam.CombinePerKey(Combine())
+             | "Write" >> beam.ParDo(WriteSplit(str(scratch))))
     stats = {"task": schema["task"], "classes": schema["classes"], "image_size": schema["image_size"], "splits": {}}
-    for s in splits:
-        f = out / f".{s}.json"
-        stats["splits"][s] = json.loads(f.read_text())
-        f.unlink()
+    for s, n in expected.items():
+        f = scratch / f"{s}.json"
+        if n:
+            got = json.loads(f.read_text())["num_examples"] if f.exists() else 0
+            if got != n:  # an engine that skipped or lost work must not leave plausible statistics
+                raise ComponentError(f"StatisticsGen: split {s!r} of {examples.path} has {n} records, the Beam engine "
+                                     f"({ctx.beam.get('runner', 'local')}) returned statistics of {got}")
+            stats["splits"][s] = json.loads(f.read_text())
+    if scratch.exists():
+        import shutil
+
+        shutil.rmtree(scratch)
     for s in schema["splits"]:
         stats["splits"].setdefault(s, {"num_examples": 0, "mean": [0, 0, 0], "std": [0, 0, 0],
                                        "class_counts": {}, "image_sizes": {}})
-    dups_path = examples / "duplicates.json"
+    dups_path = examples.path / "duplicates.json"
     if dups_path.exists():
         d = json.loads(dups_path.read_text())
         stats["duplicates"] = {"groups": len(d["groups"]), "leaks": len(d["leaks"]), "dropped": len(d["dropped"]),
