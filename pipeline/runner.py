@@ -1,5 +1,7 @@
 """The DAG runner: executes a validated `Pipeline` in topological order with the content-hash
-cache, MLflow tracking and a live status view. Also runs one component on its own."""
+cache, MLflow tracking and a live status view; one component at a time in this process, or with
+`jobs` > 1 independent components at once in worker processes (pipeline/parallel.py). One
+component's key and execution, and `python -m pipeline component`, are in pipeline/execute.py."""
 from __future__ import annotations
 
 import logging
@@ -8,17 +10,15 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from components.base import DEFAULT_TRACKING_URI, ComponentError, Context, log_to_file_only
-from components.registry import get_spec, spec_module
+from components.base import log_to_file_only
+from components.registry import get_spec
 from pipeline import fingerprint as fp
 from pipeline.config import Pipeline
+# run_single, compute_key and PipelineError are imported from here by the CLI, tests and benchmarks
+from pipeline.execute import (PipelineError, close_logger, component_logger, compute_key,  # noqa: F401
+                              error_text, execute_component, resolve_external, run_single)
 from pipeline.store import ArtifactStore
-
-
-class PipelineError(Exception):
-    pass
 
 
 class InterruptGate:
@@ -78,6 +78,25 @@ class Execution:
 
 
 @dataclass
+class _Job:
+    """An execution that is not a cache hit, from its start record to its commit: what the
+    in-process path and the parallel scheduler (pipeline/parallel.py) both record it by."""
+    cid: str
+    type: str
+    ex: Execution
+    row: int
+    keyinfo: tuple
+    run_id: str
+    inputs: dict[str, Path]
+    params_json: dict
+    tags: dict[str, str]
+    tmp: Path
+    work_dir: Path
+    log_path: Path
+    t0: float
+
+
+@dataclass
 class RunResult:
     run_id: str
     executions: dict[str, Execution]
@@ -86,70 +105,6 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return all(e.status in ("done", "cached", "reused") for e in self.executions.values())
-
-
-def compute_key(type_name: str, params, input_fps: dict[str, str], resolved: dict | None = None
-                ) -> tuple[str, str, list[str]]:
-    spec = get_spec(type_name)
-    roots = [spec_module(type_name)]
-    if spec.code_dependencies:
-        roots += spec.code_dependencies(params)
-    code, modules = fp.code_fingerprint(roots)
-    external = fp.external_fingerprint(spec.external_files(params)) if spec.external_files else None
-    pdict = params.model_dump(mode="json")
-    return fp.cache_key(type_name, pdict, input_fps, code + fp.env_fingerprint(), external, resolved), code, modules
-
-
-def resolve_external(type_name: str, params, tracking_uri: str, input_fps: dict[str, str]) -> dict | None:
-    """The spec's resolver result (e.g. the Evaluator's baseline version), or None without one."""
-    spec = get_spec(type_name)
-    return spec.resolve(params, tracking_uri, input_fps) if spec.resolve else None
-
-
-def _component_logger(log_path: Path, cid: str, console=None) -> logging.Logger:
-    logger = logging.getLogger(f"pipeline.component.{cid}.{uuid.uuid4().hex[:6]}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    fh = logging.FileHandler(log_path)
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.addHandler(fh)
-    if console is not None:
-        from rich.logging import RichHandler
-
-        rh = RichHandler(console=console, show_time=False, show_path=False, markup=False)
-        rh.setFormatter(logging.Formatter(f"[{cid}] %(message)s"))
-        logger.addHandler(rh)
-    return logger
-
-
-def _close_logger(logger: logging.Logger) -> None:
-    for h in list(logger.handlers):
-        h.close()
-        logger.removeHandler(h)
-
-
-def execute_component(type_name: str, params, inputs: dict[str, Path], tmp_dir: Path, *, work_dir: Path,
-                      logger: logging.Logger, tracker=None, beam=None, tracking_uri=DEFAULT_TRACKING_URI,
-                      pipeline_run_id=None, cache_key=None, component_id="component", show_progress=True,
-                      resolved=None, input_fingerprints=None) -> dict:
-    spec = get_spec(type_name)
-    ctx = Context(outputs={o: tmp_dir / o for o in spec.outputs}, work_dir=work_dir, logger=logger,
-                  tracking_uri=tracking_uri,
-                  pipeline_run_id=pipeline_run_id, cache_key=cache_key, component_id=component_id,
-                  show_progress=show_progress, resolved=dict(resolved or {}),
-                  input_fingerprints=dict(input_fingerprints or {}))
-    if tracker is not None:
-        ctx.tracker = tracker
-    if beam is not None:
-        ctx.beam = dict(beam)
-    missing = [n for n, req in spec.inputs.items() if req and n not in inputs]
-    if missing:
-        raise ComponentError(f"{type_name} needs input(s) {', '.join(missing)}")
-    for n, p in inputs.items():
-        if not Path(p).exists():
-            raise ComponentError(f"input {n!r}: artifact folder {p} does not exist")
-    result = spec.run(ctx, inputs, params)
-    return result or {}
 
 
 def select_components(pipeline: Pipeline, only=None, from_=None, to=None) -> list[str]:
@@ -231,31 +186,24 @@ class Runner:
         self._parent_id = parent_id
         self.store.record_pipeline_run(run_id, parent_id)
         view = _StatusView(self.console, execs) if self.console is not None else None
-        failed_or_skipped: set[str] = set()
         end_status = None
         try:
             if view:
                 view.start()
-            for cid in selected:
-                comp = p.components[cid]
-                ex = execs[cid]
-                ups = {prod for prod, _ in comp.inputs.values()}
-                if ups & failed_or_skipped:
-                    ex.status = "skipped"
-                    ex.error = f"upstream failed: {', '.join(sorted(ups & failed_or_skipped))}"
-                    failed_or_skipped.add(cid)
-                    if view:
-                        view.update()
-                    continue
-                self._execute(cid, keys[cid], ex, run_id, tracking, no_cache, view)
-                if ex.status == "failed":
-                    failed_or_skipped.add(cid)
+            if p.config.jobs > 1:  # independent components at once, each in its own worker process
+                from pipeline.parallel import Scheduler
+
+                Scheduler(self, selected, keys, execs, run_id, tracking, no_cache, view, InterruptGate).run()
+            for cid in selected if p.config.jobs == 1 else ():
+                if not self._skipped(cid, execs, view):
+                    self._execute(cid, keys[cid], execs[cid], run_id, tracking, no_cache, view)
                 if InterruptGate.requested:  # a library swallowed the KeyboardInterrupt: stop here
                     break
         except KeyboardInterrupt:
             InterruptGate.requested = True
         finally:
             InterruptGate.deferred = True  # closing the records: a Ctrl-C now waits for this block
+            failed_or_skipped = {c for c, e in execs.items() if e.status in ("failed", "skipped")}
             if InterruptGate.requested:
                 end_status = "KILLED"
             if view:
@@ -277,25 +225,62 @@ class Runner:
                                                                    else "FAILED")).lower())
             InterruptGate.deferred = False
         if InterruptGate.requested:
-            running = next((c for c, e in execs.items() if e.status == "killed"), None)
+            killed = [c for c, e in execs.items() if e.status == "killed"]  # several in parallel mode
             last = next((c for c in reversed(selected) if execs[c].status not in ("pending", "skipped")), None)
-            where = running or last
-            epoch = _last_epoch(self.store.root / where / ".work" / keys[where][0]) if running else None
-            raise Interrupted(where, epoch)
+            where = killed[0] if killed else last
+            epoch = _last_epoch(self.store.root / where / ".work" / keys[where][0]) if len(killed) == 1 else None
+            raise Interrupted(", ".join(killed) or where, epoch)
         return RunResult(run_id, execs, parent_id)
 
     def _inputs_for(self, cid: str, keys) -> dict[str, Path]:
         comp = self.pipeline.components[cid]
         return {name: self.store.final_dir(prod, keys[prod][0]) / out for name, (prod, out) in comp.inputs.items()}
 
+    def _skipped(self, cid: str, execs: dict[str, Execution], view) -> bool:
+        """Mark ``cid`` skipped if a component it consumes failed or was skipped (only a failure's
+        downstream is skipped: independent branches go on)."""
+        bad = sorted({prod for prod, _ in self.pipeline.components[cid].inputs.values()
+                      if prod in execs and execs[prod].status in ("failed", "skipped")})
+        if bad:
+            execs[cid].status, execs[cid].error = "skipped", f"upstream failed: {', '.join(bad)}"
+            if view:
+                view.update()
+        return bool(bad)
+
     def _execute(self, cid, keyinfo, ex: Execution, run_id, tracking, no_cache, view) -> None:
+        """One component in this process (jobs == 1)."""
+        job = self._start(cid, keyinfo, ex, run_id, no_cache)
+        if view:
+            view.update()
+        if job is None:
+            return
+        comp = self.pipeline.components[cid]
+        logger = component_logger(job.log_path, cid, self.console)
+        try:
+            with (tracking.child(cid, job.tags) if tracking else _null_tracker()) as tr:
+                self._opened(job, tr)
+                result = execute_component(comp.type, comp.params, job.inputs, job.tmp, work_dir=job.work_dir,
+                                           logger=logger, tracker=tr, **self._component_kwargs(job))
+                self._commit(job, result, tr)
+            self._done(job)
+        except BaseException as e:  # noqa: BLE001 - record the failure, then decide whether to re-raise
+            if isinstance(e, (KeyboardInterrupt, SystemExit)) or InterruptGate.requested:  # (or a library's
+                # exception raised by the interruption)
+                self._killed(job, logger)
+                raise KeyboardInterrupt from (None if isinstance(e, KeyboardInterrupt) else e)
+            self._failed(job, error_text(e), traceback.format_exc(), logger)
+        finally:
+            close_logger(logger)
+            if view:
+                view.update()
+
+    # -- an execution's records, shared by the in-process path and pipeline/parallel.py ------
+    def _start(self, cid, keyinfo, ex: Execution, run_id, no_cache) -> _Job | None:
+        """Record the execution's start. A cache hit is recorded whole and gives None; otherwise
+        the execution is running, its temporary folder open, and its job is returned."""
         p = self.pipeline
         comp = p.components[cid]
-        key, input_fps, code, modules, resolved = keyinfo
-        ex.key = key
-        inputs = self._inputs_for(cid, self._all_keys)
-        params_json = comp.params.model_dump(mode="json")
-        tags = {"component": cid, "component_type": comp.type, "cache_key": key, "pipeline_run": run_id}
+        key = ex.key = keyinfo[0]
         row = self.store.record_start(pipeline_run=run_id, pipeline=p.config.name, component=cid, type=comp.type,
                                       cache_key=key, status="running", cache_hit=0, started=time.time(),
                                       mlflow_parent_run_id=getattr(self, "_parent_id", None))
@@ -310,69 +295,76 @@ class Runner:
             ex.duration = time.time() - t0
             self.store.record_update(row, status="cached", cache_hit=1, duration=ex.duration,
                                      mlflow_run_id=ex.mlflow_run_id, artifact_dir=str(ex.dir))
-            if view:
-                view.update()
-            return
-
+            return None
         ex.status = "running"
-        if view:
-            view.update()
-        log_path = self.store.log_path(run_id, cid)
-        logger = _component_logger(log_path, cid, self.console)
-        tmp = self.store.begin(cid, key, get_spec(comp.type).outputs)
-        try:
-            with (tracking.child(cid, {**tags, "cache_hit": "false"}) if tracking else _null_tracker()) as tr:
-                ex.mlflow_run_id = getattr(tr, "run_id", None)
-                if tr is not None:
-                    self.store.record_update(row, mlflow_run_id=ex.mlflow_run_id)  # a later run can end it
-                    tr.log_params(params_json)
-                result = execute_component(
-                    comp.type, comp.params, inputs, tmp, work_dir=self.store.work_dir(cid, key), logger=logger,
-                    tracker=tr, beam=p.config.beam_settings(), tracking_uri=p.tracking_uri, pipeline_run_id=run_id,
-                    cache_key=key, component_id=cid, show_progress=self.show_progress, resolved=resolved,
-                    input_fingerprints=input_fps)
-                ex.metrics = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float))}
-                if tr is not None and ex.metrics:
-                    tr.log_metrics(ex.metrics)
-                ex.duration = time.time() - t0
-                meta = {"component": cid, "type": comp.type, "cache_key": key, "inputs": {n: str(v) for n, v in inputs.items()},
-                        "input_fingerprints": input_fps, "params": params_json, "code_fingerprint": code,
-                        "code_modules": modules, "resolved": resolved, "pipeline_run": run_id,
-                        "mlflow_run_id": ex.mlflow_run_id,
-                        "started": t0, "duration_s": ex.duration, "metrics": ex.metrics,
-                        "output_fingerprints": {o: fp.output_fingerprint(key, o) for o in get_spec(comp.type).outputs}}
-                ex.dir = self.store.commit(tmp, cid, key, meta)
-                if tr is not None:
-                    tr.log_artifact(log_path, "logs")
-            ex.status = "done"
-            self.store.record_update(row, status="done", duration=ex.duration, mlflow_run_id=ex.mlflow_run_id,
-                                     artifact_dir=str(ex.dir))
-        except BaseException as e:  # noqa: BLE001 - record the failure, then decide whether to re-raise
-            self.store.abort(tmp)
-            ex.duration = time.time() - t0
-            if isinstance(e, (KeyboardInterrupt, SystemExit)) or InterruptGate.requested:  # (or a library's
-                # exception raised by the interruption)
-                ex.status, ex.error = "killed", "interrupted"
-                log_to_file_only(logger, "%s interrupted after %.1fs", cid, ex.duration)
-                self.store.record_update(row, status="killed", duration=ex.duration, error=ex.error,
-                                         mlflow_run_id=ex.mlflow_run_id)
-                raise KeyboardInterrupt from (None if isinstance(e, KeyboardInterrupt) else e)
-            ex.status = "failed"
-            ex.error = str(e) if isinstance(e, ComponentError) else f"{type(e).__name__}: {e}"
-            # one clear line on the console; the traceback goes to the log file (and, with
-            # --verbose, to the console too)
-            logger.error("%s failed: %s", cid, ex.error)
-            log_to_file_only(logger, "%s", traceback.format_exc())
-            if self.verbose and self.console is not None:
-                self.console.print(traceback.format_exc(), markup=False, highlight=False)
-            ex.error += f"  (log: {log_path})"
-            self.store.record_update(row, status="failed", duration=ex.duration, error=ex.error,
-                                     mlflow_run_id=ex.mlflow_run_id)
-        finally:
-            _close_logger(logger)
-            if view:
-                view.update()
+        tags = {"component": cid, "component_type": comp.type, "cache_key": key, "pipeline_run": run_id,
+                "cache_hit": "false"}
+        return _Job(cid, comp.type, ex, row, keyinfo, run_id, self._inputs_for(cid, self._all_keys),
+                    comp.params.model_dump(mode="json"), tags, self.store.begin(cid, key, get_spec(comp.type).outputs),
+                    self.store.work_dir(cid, key), self.store.log_path(run_id, cid), t0)
 
+    def _component_kwargs(self, job: _Job) -> dict:
+        """execute_component's arguments besides params, folders, logger and tracker; plain JSON,
+        so a parallel worker process gets the same."""
+        key, input_fps, _, _, resolved = job.keyinfo
+        return {"beam": self.pipeline.config.beam_settings(), "tracking_uri": self.pipeline.tracking_uri,
+                "pipeline_run_id": job.run_id, "cache_key": key, "component_id": job.cid,
+                "show_progress": self.show_progress, "resolved": resolved, "input_fingerprints": input_fps}
+
+    def _opened(self, job: _Job, tr) -> None:
+        """The execution's MLflow child run is open (or tracking is off, ``tr`` None)."""
+        job.ex.mlflow_run_id = getattr(tr, "run_id", None)
+        if tr is not None:
+            self.store.record_update(job.row, mlflow_run_id=job.ex.mlflow_run_id)  # a later run can end it
+            tr.log_params(job.params_json)
+
+    def _commit(self, job: _Job, result: dict | None, tr) -> None:
+        """The component returned: its metrics logged, its metadata written, its folder renamed into place."""
+        ex, (key, input_fps, code, modules, resolved) = job.ex, job.keyinfo
+        ex.metrics = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float))}
+        if tr is not None and ex.metrics:
+            tr.log_metrics(ex.metrics)
+        ex.duration = time.time() - job.t0
+        outputs = get_spec(job.type).outputs
+        meta = {"component": job.cid, "type": job.type, "cache_key": key,
+                "inputs": {n: str(v) for n, v in job.inputs.items()}, "input_fingerprints": input_fps,
+                "params": job.params_json, "code_fingerprint": code, "code_modules": modules, "resolved": resolved,
+                "pipeline_run": job.run_id, "mlflow_run_id": ex.mlflow_run_id, "started": job.t0,
+                "duration_s": ex.duration, "metrics": ex.metrics,
+                "output_fingerprints": {o: fp.output_fingerprint(key, o) for o in outputs}}
+        ex.dir = self.store.commit(job.tmp, job.cid, key, meta)
+        if tr is not None:
+            tr.log_artifact(job.log_path, "logs")
+
+    def _done(self, job: _Job) -> None:
+        job.ex.status = "done"
+        self.store.record_update(job.row, status="done", duration=job.ex.duration, mlflow_run_id=job.ex.mlflow_run_id,
+                                 artifact_dir=str(job.ex.dir))
+
+    def _killed(self, job: _Job, logger) -> None:
+        ex = job.ex
+        self.store.abort(job.tmp)
+        ex.duration = time.time() - job.t0
+        ex.status, ex.error = "killed", "interrupted"
+        log_to_file_only(logger, "%s interrupted after %.1fs", job.cid, ex.duration)
+        self.store.record_update(job.row, status="killed", duration=ex.duration, error=ex.error,
+                                 mlflow_run_id=ex.mlflow_run_id)
+
+    def _failed(self, job: _Job, error: str, tb: str | None, logger) -> None:
+        ex = job.ex
+        self.store.abort(job.tmp)
+        ex.duration = time.time() - job.t0
+        ex.status, ex.error = "failed", error
+        # one clear line on the console; the traceback goes to the log file (and, with
+        # --verbose, to the console too)
+        logger.error("%s failed: %s", job.cid, ex.error)
+        if tb:
+            log_to_file_only(logger, "%s", tb)
+            if self.verbose and self.console is not None:
+                self.console.print(tb, markup=False, highlight=False)
+        ex.error += f"  (log: {job.log_path})"
+        self.store.record_update(job.row, status="failed", duration=ex.duration, error=ex.error,
+                                 mlflow_run_id=ex.mlflow_run_id)
 
     def cached_outputs(self, cid: str) -> dict[str, Path]:
         """The output folders of ``cid``'s upstream components as the current params and code
@@ -434,54 +426,3 @@ class _StatusView:
     def stop(self):
         self.live.update(self._table(), refresh=True)
         self.live.stop()
-
-
-def run_single(type_name: str, inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, *,
-               beam=None, tracking_uri=DEFAULT_TRACKING_URI, console=None) -> dict:
-    """`python -m pipeline component TYPE --input name=PATH --param k=v --out DIR`: run one component
-    outside any pipeline. Outputs land in DIR/<output>/ with DIR/metadata.json; written to a
-    temporary sibling first and renamed into place."""
-    import json
-    import os
-    import shutil
-
-    spec = get_spec(type_name)
-    params_obj = spec.params.model_validate(params)
-    input_fps = {n: fp.artifact_fingerprint(Path(p)) for n, p in inputs.items()}
-    resolved = resolve_external(type_name, params_obj, tracking_uri, input_fps)
-    key, code, modules = compute_key(type_name, params_obj, input_fps, resolved)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise PipelineError(f"--out {out_dir} exists and is not empty; choose a new folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for o in spec.outputs:
-        (tmp / o).mkdir()
-    work = out_dir.parent / f".work-{out_dir.name}"
-    work.mkdir(exist_ok=True)
-    logger = _component_logger(tmp / "log.txt", type_name, console)
-    t0 = time.time()
-    try:
-        result = execute_component(type_name, params_obj, {n: Path(p) for n, p in inputs.items()}, tmp,
-                                   work_dir=work, logger=logger, beam=beam, tracking_uri=tracking_uri,
-                                   cache_key=key, component_id=type_name, resolved=resolved,
-                                   input_fingerprints=input_fps)
-    except BaseException:
-        _close_logger(logger)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _close_logger(logger)
-    meta = {"component": type_name, "type": type_name, "cache_key": key, "inputs": {n: str(v) for n, v in inputs.items()},
-            "input_fingerprints": input_fps, "params": params_obj.model_dump(mode="json"), "code_fingerprint": code,
-            "code_modules": modules, "resolved": resolved, "duration_s": time.time() - t0, "status": "complete",
-            "finished": time.time(),
-            "metrics": {k: v for k, v in (result or {}).items() if isinstance(v, (int, float))},
-            "output_fingerprints": {o: fp.output_fingerprint(key, o) for o in spec.outputs}}
-    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
-    if out_dir.exists():
-        out_dir.rmdir()
-    os.rename(tmp, out_dir)
-    shutil.rmtree(work, ignore_errors=True)
-    return meta

@@ -3,8 +3,9 @@ that executes. Cache hits get no child run: the parent run's tags list them (``c
 ``replay`` = true when nothing executed) and the execution index points at the run that made
 each reused artifact.
 
-The child run is the *active* run while a component executes, so components may also use
-MLflow's fluent API (the Pusher's `log_model`)."""
+The child run is the *active* run while a component executes (in parallel mode, in the
+component's worker process: `open_child` / `attach_run`), so components may also use MLflow's
+fluent API (the Pusher's `log_model`)."""
 from __future__ import annotations
 
 import contextlib
@@ -123,6 +124,32 @@ class TrackingSession:
             raise
         finally:
             self.mlflow.end_run(status=status)
+
+    def open_child(self, run_name: str, tags: dict[str, str]) -> MlflowTracker:
+        """A child run of the parent that is not made the active run: in parallel mode several are
+        open at once (the fluent API has one stack of active runs), each logged to by its worker
+        process (`attach_run`) and ended here by `close_child`. Same tags as `child`'s runs."""
+        from mlflow.tracking.context.registry import resolve_tags
+
+        run = self.mlflow.MlflowClient().create_run(
+            self.experiment_id, run_name=run_name,
+            tags=resolve_tags({**tags, "mlflow.parentRunId": self.parent.info.run_id}))
+        return MlflowTracker(run.info.run_id)
+
+    def close_child(self, run_id: str, status: str) -> None:
+        self.mlflow.MlflowClient().set_terminated(run_id, status=status)
+
+
+def attach_run(uri: str, run_id: str) -> MlflowTracker:
+    """In a parallel worker process: the child run its parent process opened (`open_child`) made
+    this process's active run, so components may use MLflow's fluent API here too, and its
+    tracker. The worker never ends the run (it leaves without atexit hooks): the parent ends it
+    with the status it saw (FINISHED, FAILED or KILLED)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.start_run(run_id=run_id)
+    return MlflowTracker(run_id)
 
 
 def end_dead_runs(uri: str, run_ids: list[str]) -> int:
