@@ -174,6 +174,8 @@ class _StrictPixels:
         import numpy as np
         from mlflow.exceptions import MlflowException
 
+        if isinstance(data, (list, tuple)) and not data:  # MLflow leaves an empty "inputs" a list
+            raise MlflowException.invalid_parameter_value("empty batch: send at least one image")
         if not isinstance(data, np.ndarray) or data.dtype.kind not in "iub":
             kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
             raise MlflowException.invalid_parameter_value(
@@ -467,8 +469,9 @@ def error_message(body: bytes, limit: int = 300) -> str:
     text = body.decode("utf-8", "replace")
     with contextlib.suppress(ValueError, AttributeError):
         text = json.loads(text).get("message", text)
-    if "\nError: " in text:  # MLflow's "Failed to predict data '<the batch>'. \nError: <why>"
-        text = text.split("\nError: ", 1)[1]
+    if text.startswith("Failed to") and "Error: " in text:
+        # MLflow's "Failed to predict data '<the batch>'. Error: [Failed to enforce ... Error: ]<why>"
+        text = text.rsplit("Error: ", 1)[1]
     text = text.strip().splitlines()[0] if text.strip() else "(empty body)"
     return text if len(text) <= limit else text[:limit] + "..."
 
