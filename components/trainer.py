@@ -196,8 +196,7 @@ def run(ctx, inputs, params: TrainerParams):
         if es_monitor:
             cbs.append(T.early_stopping(params.early_stopping, es_monitor, task.lower_is_better))
         if dist is not None:
-            with scope():
-                T.fit_distributed(model, dist, data, epochs, cbs, ctx.logger, f"{ctx.component_id} {phase}")
+            T.fit_distributed(model, dist, data, epochs, cbs, ctx.logger, f"{ctx.component_id} {phase}")
             return log.history
         model.fit(data.train, validation_data=data.validation, epochs=epochs, steps_per_epoch=data.steps_per_epoch,
                   callbacks=cbs, shuffle=False,  # the datasets shuffle themselves

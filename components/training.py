@@ -65,8 +65,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     Under multi_worker (``dist``, components/distribution.py) only the chief's files count, and
     no worker needs the others' disks: every worker takes part in saving (TensorFlow's rule for
-    MultiWorkerMirroredStrategy: a save may need collectives; Keras 3's .weights.h5 reads the
-    mirrored variables locally today), a non-chief into its own ``backup_dir`` that it deletes at
+    MultiWorkerMirroredStrategy, where a save may need collectives; Keras 3's .weights.h5,
+    written outside the strategy's scope, reads the mirrored variables locally), a non-chief into its own ``backup_dir`` that it deletes at
     once; on resume the chief restores its checkpoint and broadcasts the epoch and every weight
     and optimizer variable to the others. Keras 3's own BackupAndRestore does none of this (each
     worker would read and write ``backup_dir`` as if it were alone)."""
@@ -78,17 +78,23 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         if self.dist is None:
             return super().on_train_begin(logs)
-        if self.dist.is_chief:
-            super().on_train_begin(logs)
         opt = self.model.optimizer
         if opt is not None and not opt.built:  # the same variables on every worker before the broadcast
-            opt.build(self.model.trainable_variables)
-        epoch = int(self.dist.broadcast([np.array([self.model._initial_epoch or 0], np.int64)])[0][0])
-        if epoch:
-            variables = list(self.model.weights) + (list(opt.variables) if opt is not None else [])
-            for v, value in zip(variables, self.dist.broadcast([np.asarray(v.numpy()) for v in variables])):
-                v.assign(value)
-            self.model._initial_epoch = epoch
+            with self.dist.strategy.scope():
+                opt.build(self.model.trainable_variables)
+        epoch = 0
+        if self.dist.is_chief and os.path.exists(self._weights_path) and os.path.exists(self._training_metadata_path):
+            with open(self._training_metadata_path) as f:
+                epoch = int(json.load(f)["epoch"])
+        epoch = int(self.dist.broadcast([np.array([epoch], np.int64)])[0][0])
+        if not epoch:
+            return
+        if self.dist.is_chief:  # outside the strategy's scope (see fit_distributed): no collective in there
+            super().on_train_begin(logs)
+        variables = list(self.model.weights) + (list(opt.variables) if opt is not None else [])
+        for v, value in zip(variables, self.dist.broadcast([np.asarray(v.numpy()) for v in variables])):
+            v.assign(value)
+        self.model._initial_epoch = epoch
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
@@ -271,8 +277,8 @@ def _metric_logs(model) -> dict:
 
 
 def fit_distributed(model, dist, data, epochs: int, callbacks: list, logger, label: str) -> None:
-    """``model.fit`` for a tf.distribute strategy (components/distribution.py): the model, its
-    optimizer and metrics were built and compiled in ``dist.strategy.scope()``.
+    """``model.fit`` for a tf.distribute strategy (components/distribution.py): the model and
+    its metrics were built and compiled in ``dist.strategy.scope()``; call this outside it.
 
     Keras 3's own ``fit`` fails under MultiWorkerMirroredStrategy ("Attempt to convert a value
     (PerReplica...) to a Tensor", keras-team/keras#20585); this loop runs Keras' own
@@ -297,9 +303,15 @@ def fit_distributed(model, dist, data, epochs: int, callbacks: list, logger, lab
     # metrics, loss and optimizer variables must exist before the first step: created inside a
     # replica (lazily, as train_step would) they fail under MirroredStrategy. Keras' fit does the
     # same through this private hook; the dataset's element spec gives the shapes, no data read.
-    model._symbolic_build(data_batch=data.train.element_spec)
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
+    with strategy.scope():
+        model._symbolic_build(data_batch=data.train.element_spec)
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+    # The callbacks run outside the scope: Keras' save_weights / load_weights create a
+    # throw-away optimizer, and in the scope of MultiWorkerMirroredStrategy creating a variable
+    # is a collective (its initial value is broadcast), which would then need every worker to
+    # save or load in step. Outside it they read and assign the mirrored variables locally, so
+    # the chief alone restores its checkpoint (then broadcast by the backup callback).
     persistent = iter(train) if data.steps_per_epoch else None  # a repeated dataset: one iterator for all epochs
     model.stop_training = False
     model._initial_epoch = None  # set by the backup callback when it restores a checkpoint
