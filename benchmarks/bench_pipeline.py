@@ -3,6 +3,7 @@
     python -m benchmarks pipeline                         # default pipeline.yaml, unchanged settings
     python -m benchmarks pipeline --set signs_train.epochs=3 --set signs_gen.source.options.num_examples=300
     python -m benchmarks pipeline --help-only             # only `python -m pipeline --help`
+    python -m benchmarks pipeline --jobs 1 2 --max-load 0.5   # fresh runs, one at a time vs two at once
 
 * The repo's ``pipeline.yaml`` is copied to a temporary folder with ``root`` and
   ``tracking.uri`` pointing into it (the repo's pipeline_root and mlflow.db are not touched);
@@ -15,6 +16,14 @@
 * ``python -m pipeline --help``: median wall time of ``--help-repeats`` runs (target < 1.5 s),
   a bare ``python -c pass`` for reference, and whether TensorFlow got imported
   (``-X importtime``).
+
+* ``--jobs 1 2``: instead of the above, the wall time of a *fresh* run (empty artifact root and
+  MLflow DB, ``--no-cache``) of the pipeline with ``run --jobs 1`` and with ``run --jobs 2``, on
+  the same snapshot of the sources, and the ratio (jobs 1 time / jobs N time: above 1 means
+  parallel mode is faster). Also the CPU time of each run (parent and workers) and the sum of its
+  components' durations. A fresh default pipeline takes minutes per run and measures nothing
+  useful while other jobs load the machine: ``--max-load`` refuses to start above that 1-minute
+  load average. Stored under ``fresh_run_jobs``; the file's other keys are kept.
 
 Results go to ``benchmarks/results/pipeline.json``.
 """
@@ -150,6 +159,67 @@ def _bench_help(py: str, repeats: int) -> dict:
             "heaviest_imports_s": dict(sorted(imp.items(), key=lambda kv: -kv[1])[:8])}
 
 
+def _fresh_runs(py: str, pipeline: Path, overrides: list[str], jobs: list[int], snapshot: bool) -> dict:
+    """One fresh, no-cache run of PIPELINE per value of ``--jobs``, each in its own temporary
+    root and MLflow DB, all on one snapshot of the sources."""
+    import resource
+    import shutil
+    import sqlite3
+
+    base = Path(tempfile.mkdtemp(prefix="bench_pipeline_jobs_"))
+    try:
+        cwd = snapshot_project(PROJECT_ROOT, base / "src") if snapshot else PROJECT_ROOT
+        runs = {}
+        for n in jobs:
+            d = base / f"jobs{n}"
+            d.mkdir()
+            yml = make_pipeline_copy(pipeline, d)
+            cmd = [py, "-m", "pipeline", "run", str(yml), "--quiet", "--no-cache", "--jobs", str(n)]
+            for s in overrides:
+                cmd += ["--set", s]
+            print(f"fresh run, --jobs {n}: {' '.join(cmd[1:])}")
+            load = os.getloadavg()
+            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t, p = _run(cmd, cwd)
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if p.returncode != 0:
+                raise RuntimeError(f"--jobs {n} run failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+            db = sqlite3.connect(d / "pipeline_root" / "executions.db")
+            durations = dict(db.execute("SELECT component, duration FROM executions"))
+            db.close()
+            line = summary_line(p.stdout)
+            runs[str(n)] = {"wall_s": t, "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+                            "sum_of_component_durations_s": sum(durations.values()), "summary": line,
+                            "status_counts": status_counts(line), "component_durations_s": durations,
+                            "loadavg_before": load, "loadavg_after": os.getloadavg()}
+            print(f"  {t:.1f}s wall, {runs[str(n)]['cpu_s']:.1f}s CPU  {line}  (load {load[0]:.2f} -> "
+                  f"{os.getloadavg()[0]:.2f})")
+        first = runs[str(jobs[0])]["wall_s"]
+        default = pipeline.resolve() == (PROJECT_ROOT / "pipeline.yaml").resolve()
+        return {"command": " ".join(["python", "-m", "benchmarks", "pipeline", "--jobs", *map(str, jobs),
+                                     *([] if default else ["--pipeline", str(pipeline)]),
+                                     *sum((["--set", s] for s in overrides), [])]),
+                "pipeline": str(pipeline),
+                "overrides": overrides, "snapshot_of_sources": snapshot, "runs": runs,
+                "ratio": {f"jobs{jobs[0]}/jobs{n}": first / runs[str(n)]["wall_s"] for n in jobs[1:]},
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _merge_result(key: str, value: dict) -> Path:
+    """Store ``value`` under ``key`` in results/pipeline.json, keeping the file's other keys."""
+    import json
+
+    path = PROJECT_ROOT / "benchmarks" / "results" / "pipeline.json"
+    data = json.loads(path.read_text()) if path.exists() else {"benchmark": "pipeline"}
+    data[key] = value
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks pipeline", description=__doc__.split("\n")[0])
     ap.add_argument("--pipeline", default=str(PROJECT_ROOT / "pipeline.yaml"))
@@ -161,9 +231,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-snapshot", action="store_true",
                     help="run the live working tree instead of a copy of its sources")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
+    ap.add_argument("--jobs", type=int, nargs="+", metavar="N",
+                    help="instead: time a fresh, no-cache run with each `run --jobs N` (e.g. --jobs 1 2)")
+    ap.add_argument("--max-load", type=float, metavar="L",
+                    help="refuse to start when the 1-minute load average is above L (others share the machine)")
     args = ap.parse_args(argv)
     py = sys.executable
     load_before = os.getloadavg()
+    if args.max_load is not None and load_before[0] > args.max_load:
+        raise SystemExit(f"load average {load_before[0]:.2f} is above --max-load {args.max_load}: "
+                         "nothing measured (rerun when the machine is quiet)")
+    if args.jobs:
+        res = _fresh_runs(py, Path(args.pipeline), args.overrides, args.jobs, not args.no_snapshot)
+        for name, ratio in res["ratio"].items():
+            print(f"fresh run wall time {name}: {ratio:.2f}x")
+        print(f"-> {_merge_result('fresh_run_jobs', res)}")
+        return res
     result: dict = {"python": py}
 
     if not args.help_only:
