@@ -9,7 +9,9 @@ serve` / `request`, the InfraValidator and the serving benchmark share.
                        own process group, on a free 127.0.0.1 port by default; ``wait_ready`` with
                        a timeout; ``stop`` ends the whole group (SIGTERM, then SIGKILL)
     the wire format    ``encode_batch`` / ``Client``: ``{"inputs": uint8 batch}`` JSON in,
-                       ``{"predictions": ...}`` out, 4xx/5xx as ``ServingError``
+                       ``{"predictions": ...}`` out, 4xx/5xx as ``ServingError``; or, ~50x
+                       cheaper for batches, ``encode_batch_parquet``: MLflow's Parquet content
+                       type with one column of raw image bytes
     the rows           ``request_rows``: the same rows (and so the same printed lines) as
                        ``predict`` in-process, from a running server
 
@@ -169,11 +171,16 @@ class _StrictPixels:
     def __init__(self, model):
         self._model = model
         self.metadata = _NoInputCast(model.metadata)
+        schema = model.metadata.get_input_schema()
+        self._shape = tuple(schema.inputs[0].shape) if schema is not None else None  # (-1, H, W, 3)
 
     def predict(self, data, params=None):
         import numpy as np
+        import pandas as pd
         from mlflow.exceptions import MlflowException
 
+        if isinstance(data, pd.DataFrame):
+            data = self._frame_to_batch(data)
         if isinstance(data, (list, tuple)) and not data:  # MLflow leaves an empty "inputs" a list
             raise MlflowException.invalid_parameter_value("empty batch: send at least one image")
         if not isinstance(data, np.ndarray) or data.dtype.kind not in "iub":
@@ -187,6 +194,27 @@ class _StrictPixels:
             raise MlflowException.invalid_parameter_value(
                 f"pixel values must be 0..255; got {data.min()}..{data.max()}")
         return self._model.predict(data.astype(np.uint8), params=params)
+
+
+    def _frame_to_batch(self, frame):
+        """The compact wire format (Parquet, ``encode_batch_parquet``): one ``image`` column of raw
+        H*W*3 uint8 bytes per row -> (N, H, W, 3) uint8."""
+        import numpy as np
+        from mlflow.exceptions import MlflowException
+
+        if list(frame.columns) != [PARQUET_COLUMN] or self._shape is None:
+            raise MlflowException.invalid_parameter_value(
+                f"a Parquet body must have one column {PARQUET_COLUMN!r} of raw uint8 image bytes; got columns "
+                f"{list(frame.columns)[:5]}")
+        h, w, c = self._shape[1:]
+        cells = frame[PARQUET_COLUMN].tolist()
+        if not cells:
+            raise MlflowException.invalid_parameter_value("empty batch: send at least one image")
+        bad = [i for i, b in enumerate(cells) if not isinstance(b, bytes) or len(b) != h * w * c]
+        if bad:
+            raise MlflowException.invalid_parameter_value(
+                f"row {bad[0]}: expected {h * w * c} bytes (a {h}x{w}x{c} uint8 image)")
+        return np.frombuffer(b"".join(cells), np.uint8).reshape(len(cells), h, w, c)
 
 
 class _NoInputCast:
@@ -399,6 +427,25 @@ def process_group_rss(pgid: int) -> int:
 
 # ----------------------------------------------------------------------------- the wire format
 
+PARQUET_COLUMN = "image"
+PARQUET = "application/vnd.apache.parquet"
+
+
+def encode_batch_parquet(images) -> bytes:
+    """The compact wire format, another of MLflow's content types: a Parquet table with one
+    ``image`` column of raw uint8 bytes per image. JSON costs ~20 ms per 64x64 image to write and
+    parse in Python (and MLflow deep-copies the parsed lists); this costs well under 1 ms."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    buf = io.BytesIO()
+    pd.DataFrame({PARQUET_COLUMN: [im.tobytes() for im in np.ascontiguousarray(images, np.uint8)]}).to_parquet(
+        buf, index=False, compression=None)
+    return buf.getvalue()
+
+
 def encode_batch(images) -> bytes:
     """A uint8 image batch (B, H, W, 3) as MLflow's ``{"inputs": ...}`` JSON body."""
     import numpy as np
@@ -442,11 +489,13 @@ class Client:
         """Raw ``POST /invocations``: (status, body), whatever the status."""
         return self._request("POST", "/invocations", body, content_type)
 
-    def predict(self, images):
-        """The server's predictions for a uint8 batch, as a numpy array; ServingError on a non-200."""
+    def predict(self, images, wire: str = "json"):
+        """The server's predictions for a uint8 batch, as a numpy array; ServingError on a non-200.
+        ``wire``: ``json`` (MLflow's ``{"inputs": ...}``) or ``parquet`` (``encode_batch_parquet``)."""
         import numpy as np
 
-        status, body = self.post(encode_batch(images))
+        status, body = (self.post(encode_batch_parquet(images), PARQUET) if wire == "parquet"
+                        else self.post(encode_batch(images)))
         if status != 200:
             raise ServingError(f"{self.url}/invocations answered {status}: {error_message(body)}", status)
         return np.asarray(json.loads(body)["predictions"])

@@ -4,7 +4,7 @@ A small classifier is registered in a temporary sqlite MLflow and served by `pyt
 pipeline serve models:/signs@champion` (one server for the module): `request` prints exactly what
 `predict` prints in-process, the printed curl example works, bad requests (wrong shape, wrong
 dtype, out-of-range pixels, not JSON, no Content-Type, an empty batch, a 50 MB body) get a 4xx
-with a message and the server keeps answering, and SIGTERM stops the command and its server's
+with a message and the server keeps answering (the compact Parquet wire format too), and SIGTERM stops the command and its server's
 whole process group. An untrained detector, served the way the Pusher registers it, answers
 what in-process inference gives: its boxes after NMS, decoded by the served model."""
 from __future__ import annotations
@@ -181,6 +181,12 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_answering(serv
         assert 400 <= status < 500, (what, status, answer[:300])
         assert says in error_message(answer), (what, error_message(answer))
         np.testing.assert_allclose(c.predict(good), before, atol=1e-6)  # still answering, the same
+    # the compact wire format (Parquet, raw image bytes): the same answer, and its own 400s
+    np.testing.assert_allclose(c.predict(good, wire="parquet"), before, atol=1e-6)
+    from components.serving import PARQUET, encode_batch_parquet
+
+    status, answer = c.post(encode_batch_parquet(np.zeros((1, 8, 8, 3), np.uint8)), PARQUET)
+    assert status == 400 and "expected 3072 bytes" in error_message(answer), answer[:300]
     c.close()
 
 

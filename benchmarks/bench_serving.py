@@ -1,0 +1,225 @@
+"""`python -m benchmarks serving`: a bounded load test of a model behind MLflow's scoring server,
+against 127.0.0.1 only.
+
+The model is a registered one (``--model models:/signs-cnn@champion``) or, by default, a SIGNS CNN
+trained here for a few epochs on generated hand images (a demo model: the numbers are about the
+serving path, not about accuracy). It is served exactly as ``python -m pipeline serve`` serves it
+(``components.serving.Server``: MLflow's scoring-server app under uvicorn, its own process group).
+
+Measured for both wire formats (MLflow's ``{"inputs": ...}`` JSON, and its Parquet content type
+with one column of raw image bytes: ``components.serving.encode_batch_parquet``), per concurrency
+level (``--concurrency 1,4,8``; ``--requests`` each, ``--batch`` images per request, request bodies
+encoded once beforehand so the client's encoding is not timed):
+latency p50/p99, requests/s, images/s, errors (target 0) and the server's RSS (its process tree,
+sampled while loaded). Then at ``--ratio-batch`` (32) images per request, one client: served
+images/s against in-process ``predict`` images/s on the same batches (the Keras model, as
+``python -m pipeline predict`` runs it; target ratio >= 0.5), and the client's encoding cost per
+batch on its own. ``os.getloadavg()`` before and after (other jobs share the machine: it waits up
+to ``--wait-load`` seconds for the 1-minute load to drop under ``--max-load`` first).
+Results: benchmarks/results/serving.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.common import write_result
+
+PARQUET_TYPE = "application/vnd.apache.parquet"  # components.serving.PARQUET (imported lazily there)
+
+
+def _wait_for_load(max_load: float, wait_s: float) -> dict:
+    t0 = time.monotonic()
+    while os.getloadavg()[0] > max_load and time.monotonic() - t0 < wait_s:
+        time.sleep(5)
+    return {"waited_s": round(time.monotonic() - t0, 1), "load_at_start": os.getloadavg(),
+            "max_load": max_load, "load_was_high": os.getloadavg()[0] > max_load}
+
+
+def _demo_model(scratch: Path, epochs: int):
+    """A SIGNS CNN trained on 240 generated 64x64 hand images: the Trainer's Model artifact."""
+    from components.artifacts import Model
+    from pipeline.runner import run_single
+
+    run_single("ExampleGen", {}, {"source": {"format": "synthetic_signs", "options": {"num_examples": 240}}},
+               scratch / "gen")
+    ex = scratch / "gen" / "examples"
+    run_single("StatisticsGen", {"examples": ex}, {}, scratch / "stats")
+    run_single("Transform", {"examples": ex, "statistics": scratch / "stats" / "statistics"}, {}, scratch / "tf")
+    run_single("Trainer", {"examples": ex, "transform": scratch / "tf" / "transform"},
+               {"model": "signs_cnn", "epochs": epochs, "batch_size": 32}, scratch / "train")
+    return Model.load(scratch / "train" / "model")
+
+
+def _percentiles(lat: list[float]) -> dict:
+    import numpy as np
+
+    a = np.asarray(lat) * 1000.0
+    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p99_ms": round(float(np.percentile(a, 99)), 2),
+            "mean_ms": round(float(a.mean()), 2)} if len(a) else {}
+
+
+def load_level(url: str, bodies: list[bytes], requests: int, concurrency: int, batch: int, server,
+               content_type: str = "application/json") -> dict:
+    """``requests`` POSTs spread over ``concurrency`` client threads (each its own keep-alive
+    connection); the server's RSS sampled every 0.25 s meanwhile."""
+    from components.serving import Client, ServingError
+
+    lock = threading.Lock()
+    next_i = [0]
+    lat: list[float] = []
+    errors: list[str] = []
+    rss = [server.rss_bytes()]
+
+    def worker():
+        c = Client(url, timeout=60)
+        while True:
+            with lock:
+                i = next_i[0]
+                next_i[0] += 1
+            if i >= requests:
+                break
+            t0 = time.perf_counter()
+            try:
+                status, body = c.post(bodies[i % len(bodies)], content_type)
+            except ServingError as e:
+                status, body = None, str(e).encode()
+            dt = time.perf_counter() - t0
+            with lock:
+                if status == 200:
+                    lat.append(dt)
+                else:
+                    errors.append(f"{status}: {body[:120]!r}")
+        c.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        rss.append(server.rss_bytes())
+        time.sleep(0.25)
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"wire": "parquet" if content_type == PARQUET_TYPE else "json", "concurrency": concurrency, "batch": batch,
+            "requests": requests, "ok": len(lat), "errors": len(errors),
+            "error_samples": errors[:3], "seconds": round(wall, 3), **_percentiles(lat),
+            "requests_per_s": round(len(lat) / wall, 1), "images_per_s": round(len(lat) * batch / wall, 1),
+            "server_rss_mb_max": round(max(rss) / 2**20, 1), "server_rss_mb_end": round(rss[-1] / 2**20, 1)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks serving", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="a models:/ URI (default: train a demo SIGNS CNN here)")
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--epochs", type=int, default=3, help="demo model's training epochs")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
+    parser.add_argument("--concurrency", default="1,4,8", help="client threads, comma-separated levels")
+    parser.add_argument("--batch", type=int, default=1, help="images per request in the load test")
+    parser.add_argument("--ratio-batch", type=int, default=32, help="images per request for the served/in-process ratio")
+    parser.add_argument("--ratio-requests", type=int, default=30, help="requests (and in-process batches) for the ratio")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers")
+    parser.add_argument("--max-load", type=float, default=3.0, help="wait until the 1-minute load is under this")
+    parser.add_argument("--wait-load", type=float, default=300.0, help="seconds to wait for it at most")
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+
+    from components.artifacts import ModelInfo
+    from components.serving import (PARQUET, Server, encode_batch, encode_batch_parquet, local_model_folder,
+                                    model_metadata, save_mlflow_model)
+
+    result: dict = {"host": "127.0.0.1", "args": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
+        scratch = Path(scratch)
+        t0 = time.perf_counter()
+        if args.model:
+            folder = local_model_folder(args.model, args.tracking_uri, scratch)
+            result["model"] = {"uri": args.model, "demo": False}
+        else:
+            art = _demo_model(scratch, args.epochs)
+            folder = save_mlflow_model(art, scratch / "mlflow_model")
+            result["model"] = {"uri": None, "demo": True,
+                               "note": f"SIGNS CNN trained here for {args.epochs} epochs on 240 generated hand images "
+                                       "(a demo model: these numbers measure serving, not accuracy)"}
+        info = ModelInfo.model_validate(model_metadata(folder)["model_info"])
+        result["model"].update({"model": info.model, "task": info.task, "image_size": info.image_size,
+                                "prepare_seconds": round(time.perf_counter() - t0, 1)})
+        WIRES = (("json", encode_batch, "application/json"), ("parquet", encode_batch_parquet, PARQUET))
+        h, w = info.image_size
+        rng = np.random.default_rng(0)
+        pool = rng.integers(0, 256, (256, h, w, 3), dtype=np.uint8)
+
+        result["load"] = {"before": _wait_for_load(args.max_load, args.wait_load)}
+        print(f"load average {os.getloadavg()}; serving {folder}")
+        with Server(folder, workers=args.workers, log_path=scratch / "server.log") as server:
+            result["server"] = {"workers": args.workers, "rss_mb_idle": round(server.rss_bytes() / 2**20, 1)}
+            result["levels"] = []
+            for wire, encode, ctype in WIRES:
+                bodies = [encode(pool[(i * args.batch) % 256:][:args.batch]) for i in range(64)]
+                # warm-up (first calls trace the SavedModel's function)
+                load_level(server.url, bodies, 20, 1, args.batch, server, ctype)
+                for c in levels:
+                    r = load_level(server.url, bodies, args.requests, c, args.batch, server, ctype)
+                    result["levels"].append(r)
+                    print(f"{wire} concurrency {c}: p50 {r.get('p50_ms')} ms, p99 {r.get('p99_ms')} ms, "
+                          f"{r['requests_per_s']} requests/s, {r['images_per_s']} images/s, {r['errors']} errors, "
+                          f"RSS {r['server_rss_mb_max']} MB")
+
+            # served vs in-process at the same batch size
+            b = args.ratio_batch
+            batches = [pool[(i * b) % 256:][:b] if (i * b) % 256 + b <= 256 else pool[:b] for i in range(8)]
+            served, encode_ms = {}, {}
+            for wire, encode, ctype in WIRES:
+                big = [encode(x) for x in batches]
+                t = time.perf_counter()
+                for x in batches:
+                    encode(x)
+                encode_ms[wire] = round((time.perf_counter() - t) / len(batches) * 1000, 2)
+                load_level(server.url, big, 3, 1, b, server, ctype)  # warm-up at this batch size
+                served[wire] = load_level(server.url, big, args.ratio_requests, 1, b, server, ctype)
+            result["server"]["rss_mb_end"] = round(server.rss_bytes() / 2**20, 1)
+
+        import keras
+
+        from models.preprocessing import load_model
+
+        if args.model:
+            from components.model_uri import load_model_and_info
+
+            model = load_model_and_info(args.model, args.tracking_uri)[0]
+        else:
+            model = load_model(art.keras_path)
+        for x in batches[:2]:
+            model.predict_on_batch(x)  # warm-up
+        t = time.perf_counter()
+        for i in range(args.ratio_requests):
+            model.predict_on_batch(batches[i % len(batches)])
+        local_ips = args.ratio_requests * b / (time.perf_counter() - t)
+        result["ratio"] = {"batch": b, "target": 0.5, "in_process_images_per_s": round(local_ips, 1),
+                           "in_process": f"keras {keras.__version__} predict_on_batch of the model `predict` loads",
+                           "client_encode_ms_per_batch": encode_ms}
+        for wire, r in served.items():
+            result["ratio"][wire] = {"served_images_per_s": r["images_per_s"], "served_p50_ms": r.get("p50_ms"),
+                                     "errors": r["errors"],
+                                     "served_over_in_process": round(r["images_per_s"] / local_ips, 3)}
+            print(f"batch {b} {wire}: served {r['images_per_s']} images/s, in-process {local_ips:.1f} images/s, ratio "
+                  f"{result['ratio'][wire]['served_over_in_process']} (target >= 0.5); client encoding "
+                  f"{encode_ms[wire]} ms/batch")
+    result["load"]["after"] = os.getloadavg()
+    result["errors_total"] = (sum(r["errors"] for r in result["levels"])
+                              + sum(result["ratio"][w]["errors"] for w in served))
+    path = write_result("serving", result)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
