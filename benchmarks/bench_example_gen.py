@@ -1,7 +1,11 @@
-"""ExampleGen throughput on a real image folder: the Beam component versus a plain loop.
+"""ExampleGen throughput on a real image folder and on a generated one, on each Beam engine,
+versus a plain loop.
 
-    python -m benchmarks example_gen                 # ../shared/datasets/sign_language_digits/Dataset
+    python -m benchmarks example_gen                 # ../shared/datasets/sign_language_digits/Dataset, local
     python -m benchmarks example_gen --repeats 2 --tiny 20
+    python -m benchmarks example_gen --runner dask --workers 2
+    python -m benchmarks example_gen --matrix        # local, multiprocess 2, dask 1, dask 2; real + 20,000 generated
+    python -m benchmarks example_gen --matrix --generated 5000 --repeats 1
 
 Work per image in both cases: PIL decode (full decode, some files are 3024x3024), convert to RGB
 uint8, sha256 of the decoded pixels, bilinear resize to 64x64, PNG-encode into a
@@ -15,17 +19,31 @@ uint8, sha256 of the decoded pixels, bilinear resize to 64x64, PNG-encode into a
 * Beam start-up: ExampleGen on a tiny copy (``--tiny`` images, symlinks into the same dataset)
   after a warm-up run (so TensorFlow and Beam are already imported); the fixed cost is the
   tiny run's time minus its per-image share, and the steady-state rate is
-  (N - n_tiny) / (t_full - t_tiny).
+  (N - n_tiny) / (t_full - t_tiny). Per engine also the time of a trivial pipeline
+  (``engine_startup_s``: workers or a LocalCluster started and closed, nothing imported in them).
+* Engines (``--runner``/``--workers``, or ``--matrix``): ``components/beam_engine.py``'s local,
+  multiprocess (FnApiRunner, N SDK worker processes) and dask (a LocalCluster of N worker
+  processes started for each run, as ``beam: {runner: dask}`` without an address does). CPU
+  time counts this process and its finished children (``RUSAGE_CHILDREN``: the workers), so
+  CPU time above wall time is the proof that more than one core worked.
+* ``--generated N`` (``--matrix``: 20,000): N 100x100 JPEGs in 10 class folders, drawn once into
+  the system temp folder (never the repository) and reused.
+* Other helpers share the machine: before each measurement it waits (up to ``--max-wait`` s)
+  until the other processes use less than ``--max-busy`` cores (sampled from /proc/stat), and
+  records that figure and the load average before and after.
 
-Skips (prints a message, returns {}) when the dataset is absent.
+Skips (prints a message) the real set when the dataset is absent (returns {} unless --matrix).
 Results go to ``benchmarks/results/example_gen.json``.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,93 +108,250 @@ def _timed(fn):
     return time.perf_counter() - t0, time.process_time() - c0, out
 
 
-def _run_example_gen(path: Path, out: Path, max_bad: float):
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _measured(fn) -> dict:
+    """Wall time, CPU of this process and of its finished children (the engine's workers)."""
+    k0 = _children_cpu()
+    wall, cpu, out = _timed(fn)
+    kids = _children_cpu() - k0
+    return {"wall_s": wall, "cpu_self_s": cpu, "cpu_children_s": kids, "cpu_total_s": cpu + kids,
+            "cpu_over_wall": (cpu + kids) / wall if wall else float("nan"), "result": out}
+
+
+def _busy_cores(sample_s: float = 2.0) -> float:
+    """Cores in use over ``sample_s`` seconds, from /proc/stat (nan where it is unreadable)."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + (v[4] if len(v) > 4 else 0)  # total, idle + iowait
+
+    try:
+        t0, i0 = read()
+        time.sleep(sample_s)
+        t1, i1 = read()
+    except OSError:
+        return float("nan")
+    return (1 - (i1 - i0) / max(t1 - t0, 1)) * (os.cpu_count() or 1)
+
+
+def wait_for_quiet(max_busy: float, max_wait: float) -> dict:
+    """Wait (up to max_wait s) until other processes use fewer than max_busy cores; the figures."""
+    t0 = time.perf_counter()
+    busy = _busy_cores()
+    while busy > max_busy and time.perf_counter() - t0 < max_wait:
+        time.sleep(8)
+        busy = _busy_cores()
+    return {"busy_cores_before": round(busy, 2), "waited_s": round(time.perf_counter() - t0, 1),
+            "quiet": bool(busy <= max_busy), "loadavg_before": os.getloadavg()}
+
+
+def make_generated_set(n: int, root: Path | None = None, size: int = 100) -> Path:
+    """n JPEGs (size x size, 10 classes: class k has k + 1 shapes on a noisy background), drawn
+    from their index, so every machine gets the same images. Kept for reuse (a marker file says
+    the set is complete)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    root = Path(root or Path(tempfile.gettempdir()) / f"cnn_pipeline_bench_generated_{n}_{size}")
+    if (root / ".complete").exists():
+        return root
+    for k in range(10):
+        (root / str(k)).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        k = i % 10
+        arr = rng.normal(rng.integers(40, 200), 12, (size, size, 3)).clip(0, 255).astype(np.uint8)
+        img = Image.fromarray(arr)
+        d = ImageDraw.Draw(img)
+        for _ in range(k + 1):
+            x, y = rng.integers(0, size - 20, 2)
+            w, h = rng.integers(8, 30, 2)
+            d.ellipse([int(x), int(y), int(x + w), int(y + h)], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        img.save(root / str(k) / f"{i:06d}.jpg", quality=90)
+    (root / ".complete").write_text(str(n))
+    return root
+
+
+ENGINES = {"local": ("local", 1), "multiprocess_2": ("multiprocess", 2), "dask_1": ("dask", 1), "dask_2": ("dask", 2)}
+
+
+def _beam(runner: str, workers: int) -> dict:
+    return {"runner": runner, "workers": workers, "address": None, "args": []}
+
+
+def _run_example_gen(path: Path, out: Path, max_bad: float, beam: dict | None = None):
     from pipeline.runner import run_single
 
     params = {"source": {"format": "image_folder", "path": str(path), "options": {"label_from": "folder"}},
               "image_size": [64, 64], "max_bad_fraction": max_bad}
-    wall, cpu, meta = _timed(lambda: run_single("ExampleGen", {}, params, out,
+    wall, cpu, meta = _timed(lambda: run_single("ExampleGen", {}, params, out, beam=beam,
                                                 tracking_uri=f"sqlite:///{out.parent / 'mlflow.db'}"))
     return wall, cpu, meta["metrics"]
+
+
+def engine_startup(beam: dict) -> dict:
+    """A trivial pipeline on the engine: what starting and closing it costs, with nothing to do."""
+    import apache_beam as beam_sdk
+
+    from components.beam_engine import open_pipeline
+
+    def run():
+        with open_pipeline(beam) as p:
+            p | beam_sdk.Create([0, 1, 2, 3]) | beam_sdk.Map(abs)
+
+    m = _measured(run)
+    m.pop("result")
+    return m
+
+
+def bench_engine(name: str, beam: dict, root: Path, tiny_dir: Path, n: int, n_tiny: int, work: Path, args,
+                 loop_rate: float) -> dict:
+    """One engine on one image set: trivial pipeline, tiny ExampleGen, full ExampleGen (medians)."""
+    quiet = wait_for_quiet(args.max_busy, args.max_wait)
+    startup = engine_startup(beam)
+    tiny, full = [], []
+    for r in range(args.repeats):
+        t = _measured(lambda: _run_example_gen(tiny_dir, work / f"{name}_tiny{r}", args.max_bad_fraction, beam))
+        tiny.append(t)
+        f = _measured(lambda: _run_example_gen(root, work / f"{name}_full{r}", args.max_bad_fraction, beam))
+        full.append(f)
+        print(f"  {name:15s} round {r + 1}: {n} images {f['wall_s']:.1f}s (cpu {f['cpu_total_s']:.1f}s = "
+              f"{f['cpu_over_wall']:.2f} x wall), {n_tiny} images {t['wall_s']:.1f}s, trivial pipeline "
+              f"{startup['wall_s']:.1f}s, load {os.getloadavg()[0]:.1f}", flush=True)
+    med = {k: statistics.median(x[k] for x in full) for k in ("wall_s", "cpu_self_s", "cpu_children_s", "cpu_total_s")}
+    tiny_wall = statistics.median(x["wall_s"] for x in tiny)
+    steady = (n - n_tiny) / (med["wall_s"] - tiny_wall) if med["wall_s"] > tiny_wall else float("nan")
+    rate = n / med["wall_s"]
+    return {"runner": beam["runner"], "workers": beam["workers"], **med,
+            "cpu_over_wall": med["cpu_total_s"] / med["wall_s"], "times_s": [x["wall_s"] for x in full],
+            "images_per_s": rate, "ratio_vs_loop": rate / loop_rate,
+            "engine_startup_s": startup["wall_s"], "engine_startup_cpu_s": startup["cpu_total_s"],
+            "tiny_images": n_tiny, "tiny_median_s": tiny_wall, "tiny_cpu_total_s": statistics.median(
+                x["cpu_total_s"] for x in tiny),
+            "steady_images_per_s": steady, "steady_ratio_vs_loop": steady / loop_rate,
+            "metrics": full[0]["result"][2], **quiet, "loadavg_after": os.getloadavg()}
+
+
+def bench_set(label: str, root: Path, engines: dict[str, tuple[str, int]], args, work: Path) -> dict:
+    """Loop, then each engine, on one image folder."""
+    images = list_images(root)
+    n = len(images)
+    for p, _ in images:  # page cache: the first timed run must not pay for cold disk reads
+        p.read_bytes()
+    tiny_dir = work / f"{label}_tiny_data"
+    n_tiny = make_tiny_copy(images, tiny_dir, args.tiny)
+    _run_example_gen(tiny_dir, work / f"{label}_warmup", args.max_bad_fraction)  # imports TF, Beam: not timed
+    quiet = wait_for_quiet(args.max_busy, args.max_wait)
+    loops = [_measured(lambda: single_process_loop(images, work / f"{label}_loop.tfrecord"))
+             for _ in range(args.repeats)]
+    loop_wall = statistics.median(x["wall_s"] for x in loops)
+    loop = {"median_s": loop_wall, "times_s": [x["wall_s"] for x in loops], "images_per_s": n / loop_wall,
+            "cpu_median_s": statistics.median(x["cpu_total_s"] for x in loops), **loops[0]["result"], **quiet,
+            "loadavg_after": os.getloadavg()}
+    print(f"  {'loop':15s} {n} images {loop_wall:.1f}s ({n / loop_wall:.0f} images/s)", flush=True)
+    runs = {name: bench_engine(name, _beam(*eng), root, tiny_dir, n, n_tiny, work, args, loop["images_per_s"])
+            for name, eng in engines.items()}
+    print(f"\n{label}: {n} images")
+    print(f"{'':16s} {'wall s':>7s} {'images/s':>9s} {'x loop':>7s} {'cpu/wall':>8s} {'trivial s':>9s} "
+          f"{'tiny s':>7s} {'steady/s':>9s} {'x loop':>7s} {'busy':>5s}")
+    print(f"{'loop':16s} {loop_wall:7.2f} {n / loop_wall:9.1f} {1:7.2f} {loops[0]['cpu_over_wall']:8.2f}")
+    for name, r in runs.items():
+        print(f"{name:16s} {r['wall_s']:7.2f} {r['images_per_s']:9.1f} {r['ratio_vs_loop']:7.2f} "
+              f"{r['cpu_over_wall']:8.2f} {r['engine_startup_s']:9.2f} {r['tiny_median_s']:7.2f} "
+              f"{r['steady_images_per_s']:9.1f} {r['steady_ratio_vs_loop']:7.2f} {r['busy_cores_before']:5.2f}")
+    return {"path": str(root), "images": n, "loop": loop, "runs": runs}
+
+
+def _targets(big: dict) -> dict:
+    """The issue's targets on the generated set: best engine >= 1.5x the loop; dask 2 >= 1.6x dask 1
+    (end to end, and in steady state, start-up excluded)."""
+    runs = big["runs"]
+    out = {}
+    best = max(runs, key=lambda k: runs[k]["images_per_s"])
+    best_steady = max(runs, key=lambda k: runs[k]["steady_images_per_s"])
+    out["best_vs_loop"] = {"target": 1.5, "engine": best, "ratio": runs[best]["ratio_vs_loop"],
+                           "met": runs[best]["ratio_vs_loop"] >= 1.5, "steady_engine": best_steady,
+                           "steady_ratio": runs[best_steady]["steady_ratio_vs_loop"],
+                           "steady_met": runs[best_steady]["steady_ratio_vs_loop"] >= 1.5}
+    if "dask_1" in runs and "dask_2" in runs:
+        r = runs["dask_2"]["images_per_s"] / runs["dask_1"]["images_per_s"]
+        rs = runs["dask_2"]["steady_images_per_s"] / runs["dask_1"]["steady_images_per_s"]
+        out["dask_2_vs_dask_1"] = {"target": 1.6, "ratio": r, "met": r >= 1.6, "steady_ratio": rs,
+                                   "steady_met": rs >= 1.6}
+    return out
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks example_gen", description=__doc__.split("\n")[0])
     ap.add_argument("--path", default=str(DATASETS / "sign_language_digits" / "Dataset"))
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each (median)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs of each (median); default 3, --matrix 1")
     ap.add_argument("--tiny", type=int, default=20, help="images in the start-up-overhead run")
     ap.add_argument("--max-bad-fraction", type=float, default=0.01)
+    ap.add_argument("--runner", default="local", choices=["local", "multiprocess", "dask"])
+    ap.add_argument("--workers", type=int, default=2, help="processes for multiprocess / dask")
+    ap.add_argument("--matrix", action="store_true", help="local, multiprocess 2, dask 1, dask 2 on both sets")
+    ap.add_argument("--generated", type=int, default=None, help="also a generated set of N images (--matrix: 20000)")
+    ap.add_argument("--max-busy", type=float, default=0.5, help="wait until other processes use fewer cores")
+    ap.add_argument("--max-wait", type=float, default=120, help="seconds to wait for that, per measurement")
     args = ap.parse_args(argv)
+    args.repeats = args.repeats or (1 if args.matrix else 3)
+    if args.matrix and args.generated is None:
+        args.generated = 20000
 
     root = Path(args.path)
     if not root.is_dir():
         print(f"example_gen benchmark skipped: dataset not found at {root}")
-        return {}
+        if not args.matrix and not args.generated:
+            return {}
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import logging
 
     for name in ("apache_beam", "absl", "tensorflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    images = list_images(root)
-    n = len(images)
+    if args.matrix:
+        engines = ENGINES
+    else:
+        engines = {args.runner if args.runner == "local" else f"{args.runner}_{args.workers}":
+                   (args.runner, 1 if args.runner == "local" else args.workers)}
     load_before = os.getloadavg()
-    eg_times, loop_times, tiny_times = [], [], []
-    eg_cpu, loop_cpu, tiny_cpu = [], [], []
-    metrics = loop_info = None
-    for p, _ in images:  # page cache: the first timed run must not pay for cold disk reads
-        p.read_bytes()
+    sets = {}
     with tempfile.TemporaryDirectory(prefix="bench_example_gen_") as tmp:
         work = Path(tmp)
-        tiny_dir = work / "tiny_data"
-        n_tiny = make_tiny_copy(images, tiny_dir, args.tiny)
-        # warm-up: imports TensorFlow, Beam, PIL plugins; not timed
-        _run_example_gen(tiny_dir, work / "warmup", args.max_bad_fraction)
-        for r in range(args.repeats):  # interleaved so load changes hit both
-            t, c, _ = _run_example_gen(tiny_dir, work / f"tiny{r}", args.max_bad_fraction)
-            tiny_times.append(t)
-            tiny_cpu.append(c)
-            t, c, metrics = _run_example_gen(root, work / f"full{r}", args.max_bad_fraction)
-            eg_times.append(t)
-            eg_cpu.append(c)
-            t, c, loop_info = _timed(lambda: single_process_loop(images, work / f"loop{r}.tfrecord"))
-            loop_times.append(t)
-            loop_cpu.append(c)
-            print(f"  round {r + 1}: ExampleGen {eg_times[-1]:.1f}s (cpu {eg_cpu[-1]:.1f}s), loop {loop_times[-1]:.1f}s "
-                  f"(cpu {loop_cpu[-1]:.1f}s), ExampleGen on {n_tiny} images {tiny_times[-1]:.2f}s "
-                  f"(cpu {tiny_cpu[-1]:.2f}s), load {os.getloadavg()[0]:.1f}")
-        tfrecord_bytes = sum(f.stat().st_size for f in (work / "full0" / "examples").rglob("*.tfrecord"))
-        loop_bytes = (work / "loop0.tfrecord").stat().st_size
+        if root.is_dir():
+            print(f"== {root} ({', '.join(engines)})", flush=True)
+            sets["sign_language_digits"] = bench_set("real", root, engines, args, work)
+        if args.generated:
+            gen_root = make_generated_set(args.generated)
+            print(f"== generated set, {args.generated} images at {gen_root} ({', '.join(engines)})", flush=True)
+            sets[f"generated_{args.generated}"] = bench_set("generated", gen_root, engines, args, work)
     load_after = os.getloadavg()
-
-    eg, loop, tiny = statistics.median(eg_times), statistics.median(loop_times), statistics.median(tiny_times)
-    egc, loopc, tinyc = statistics.median(eg_cpu), statistics.median(loop_cpu), statistics.median(tiny_cpu)
-    loop_rate = n / loop
-    eg_rate = n / eg
-    steady = (n - n_tiny) / (eg - tiny) if eg > tiny else float("nan")
-    overhead = tiny - n_tiny / steady if steady == steady else float("nan")
-    print(f"\n{'':24s} {'wall s':>8s} {'images/s':>9s} {'cpu s':>7s} {'img/cpu-s':>9s}")
-    print(f"{'ExampleGen (Beam)':24s} {eg:8.2f} {eg_rate:9.1f} {egc:7.2f} {n / egc:9.1f}")
-    print(f"{'single-process loop':24s} {loop:8.2f} {loop_rate:9.1f} {loopc:7.2f} {n / loopc:9.1f}")
-    print(f"{'ExampleGen, ' + str(n_tiny) + ' images':24s} {tiny:8.2f} {'':9s} {tinyc:7.2f}")
-    print(f"ratio ExampleGen / loop (images/s, wall) = {eg_rate / loop_rate:.3f}; "
-          f"per CPU-second = {loopc / egc:.3f}")
-    print(f"Beam start-up + fixed cost ~ {overhead:.2f}s; ExampleGen steady rate ~ {steady:.1f} images/s "
-          f"(ratio to loop {steady / loop_rate:.3f})")
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1-min)")
-    result = {
-        "dataset": str(root), "images": n, "image_size": [64, 64], "repeats": args.repeats,
-        "example_gen": {"median_s": eg, "times_s": eg_times, "images_per_s": eg_rate, "metrics": metrics,
-                        "cpu_median_s": egc, "cpu_times_s": eg_cpu, "tfrecord_bytes": tfrecord_bytes},
-        "loop": {"median_s": loop, "times_s": loop_times, "images_per_s": loop_rate, **(loop_info or {}),
-                 "cpu_median_s": loopc, "cpu_times_s": loop_cpu, "tfrecord_bytes": loop_bytes},
-        "ratio_example_gen_vs_loop": eg_rate / loop_rate,
-        "ratio_example_gen_vs_loop_cpu": loopc / egc,
-        "startup": {"tiny_images": n_tiny, "tiny_median_s": tiny, "tiny_times_s": tiny_times,
-                    "tiny_cpu_median_s": tinyc,
-                    "fixed_overhead_s": overhead, "steady_images_per_s": steady,
-                    "steady_ratio_vs_loop": steady / loop_rate},
-        "beam_args": ["--runner=FnApiRunner"], "loadavg_before": load_before, "loadavg_after": load_after,
-    }
+    result = {"repeats": args.repeats, "engines": sets, "loadavg_before": load_before, "loadavg_after": load_after,
+              "command": "python -m benchmarks example_gen " + " ".join(argv if argv is not None else sys.argv[1:])}
+    if args.generated and f"generated_{args.generated}" in sets:
+        result["targets"] = _targets(sets[f"generated_{args.generated}"])
+        print("targets:", json.dumps(result["targets"], indent=1))
+    real = sets.get("sign_language_digits")
+    if real:  # the keys the README quotes: the real set on the first engine (local in --matrix)
+        first = next(iter(real["runs"]))
+        r = real["runs"][first]
+        result.update({
+            "dataset": real["path"], "images": real["images"], "image_size": [64, 64],
+            "example_gen": {"median_s": r["wall_s"], "times_s": r["times_s"], "images_per_s": r["images_per_s"],
+                            "metrics": r["metrics"], "cpu_median_s": r["cpu_total_s"], "engine": first},
+            "loop": {k: real["loop"][k] for k in ("median_s", "times_s", "images_per_s", "written", "bad",
+                                                  "cpu_median_s")},
+            "ratio_example_gen_vs_loop": r["ratio_vs_loop"],
+            "ratio_example_gen_vs_loop_cpu": real["loop"]["cpu_median_s"] / r["cpu_total_s"],
+            "startup": {"tiny_images": r["tiny_images"], "tiny_median_s": r["tiny_median_s"],
+                        "fixed_overhead_s": r["tiny_median_s"] - r["tiny_images"] / r["steady_images_per_s"],
+                        "steady_images_per_s": r["steady_images_per_s"],
+                        "steady_ratio_vs_loop": r["steady_ratio_vs_loop"]},
+            "beam_args": __import__("components.beam_engine", fromlist=["pipeline_args"]).pipeline_args(
+                _beam(*engines[first]))})
     path = write_result("example_gen", result)
     print(f"-> {path}")
     return result

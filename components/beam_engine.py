@@ -84,10 +84,10 @@ def pipeline_args(beam: dict, *, dask_address: str | None = None, dask_workers: 
     if runner == "local":
         return ["--runner=FnApiRunner", *args]
     if runner == "multiprocess":
-        out = ["--runner=FnApiRunner", f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
-        if _quiet() and _arg(args, "default_sdk_harness_log_level") is None:
-            out.append("--default_sdk_harness_log_level=WARNING")  # the workers log each start/stop at INFO
-        return [*out, *args]
+        # (the SDK workers log at INFO on stderr whatever the options: FnApiRunner hands them none;
+        # the CLI's quiet mode sends that stream to /dev/null)
+        return ["--runner=FnApiRunner", f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing",
+                *args]
     if runner == "dask":
         out = [f"--runner={DASK_RUNNER}", f"--dask_client_address={dask_address or address}"]
         if _arg(args, "dask_npartitions") is None and _arg(args, "dask_partition_size") is None:
