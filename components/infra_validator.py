@@ -84,7 +84,12 @@ def validate(model_art, images, params: InfraValidatorParams, scratch: Path, log
                 reasons.append(f"examples {s}..{s + len(batch) - 1}: the server answered shape {got.shape}, "
                                f"in-process inference {expected.shape}")
                 break
-            max_diff = max(max_diff, float(np.max(np.abs(got.astype(np.float64) - expected)))) if got.size else max_diff
+            if got.size:
+                diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
+                if not np.isfinite(diff):  # NaN/inf answers (in the server's or in-process) bless nothing
+                    reasons.append(f"examples {s}..{s + len(batch) - 1}: non-finite outputs (NaN or inf)")
+                    break
+                max_diff = max(max_diff, diff)
         m["seconds"] = time.perf_counter() - t_all
         client.close()
         m["rss_mb"] = server.rss_bytes() / 2**20
