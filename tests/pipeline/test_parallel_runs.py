@@ -166,7 +166,7 @@ def _workers_running(proc, n=2, timeout=120) -> list[int]:
         except psutil.Error:
             kids = []
         if len(kids) >= n:
-            time.sleep(3)  # inside the component now (imports done, Beam running)
+            time.sleep(1)  # past its start-up checks; still seconds from its end (TensorFlow, Beam to import)
             return [k.pid for k in kids]
         time.sleep(0.2)
     proc.kill()
