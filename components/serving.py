@@ -377,9 +377,13 @@ class Server:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        # uvicorn's worker processes may outlive their parent by a moment: none may stay
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        # uvicorn's worker processes (and multiprocessing's helpers) may outlive their parent by a
+        # moment: none may stay
+        deadline = time.monotonic() + 5
+        while group_members(self.proc.pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            time.sleep(0.05)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -409,15 +413,25 @@ class Server:
         self.stop()
 
 
-def process_group_rss(pgid: int) -> int:
-    """Sum of VmRSS over the processes of group ``pgid`` (Linux /proc)."""
-    total = 0
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of group ``pgid`` (Linux /proc)."""
+    out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:  # fields after the name: state, ppid, pgrp, ...
-                continue
-            for line in (stat.parent / "status").read_text().splitlines():
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the name: state, ppid, pgrp, ...
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def process_group_rss(pgid: int) -> int:
+    """Sum of VmRSS over the processes of group ``pgid``."""
+    total = 0
+    for pid in group_members(pgid):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
         except (OSError, IndexError, ValueError):
