@@ -20,7 +20,10 @@ def console():
     """A rich console on stdout (live views and tables)."""
     from rich.console import Console
 
-    return Console(stderr=False)
+    if sys.stdout.isatty():
+        return Console(stderr=False)
+    # piped or logged: no 80-column wrapping (rich's default without a terminal), one line a line
+    return Console(stderr=False, width=int(os.environ.get("COLUMNS", 0)) or 200)
 
 
 def fail(msg: str, code: int = 1):
