@@ -124,12 +124,10 @@ class Distributed:
     def replicas(self) -> int:
         return int(self.strategy.num_replicas_in_sync)
 
-    def describe(self, batch_size: int) -> str:
-        r = self.replicas
+    def describe(self) -> str:
         where = (f"{self.task.num_workers} workers, this is {self.task.name}{' (chief)' if self.is_chief else ''}"
                  if self.task else f"devices {', '.join(self.strategy.extended.worker_devices)}")
-        per = f"{batch_size // r}" if batch_size % r == 0 else f"{batch_size // r}-{batch_size // r + 1}"
-        return f"{self.kind}: {r} replicas ({where}); global batch {batch_size} -> {per} per replica"
+        return f"{self.kind}: {self.replicas} replicas ({where}); each global batch is split across them"
 
     def broadcast(self, arrays: list) -> list:
         """Every worker gets the chief's ``arrays`` (numpy, same shapes and dtypes on every
@@ -158,6 +156,26 @@ class Distributed:
                 out[i] = got[pos:pos + a.size].reshape(a.shape).astype(a.dtype)
                 pos += a.size
         return out
+
+
+    def average_replicas(self, variables: list) -> None:
+        """Set each variable to its mean over the replicas. For the non-trainable state that every
+        replica updates from its own part of the batch and no strategy aggregates (Keras'
+        BatchNormalization moving mean and variance: aggregation NONE), so that the workers end
+        each epoch with one model, not one per worker. The moving mean is an exponential average,
+        linear in the batch means, so averaging once per epoch gives exactly the single-device
+        moving mean (equal parts); the moving variance misses the spread between the parts'
+        means (a small underestimate)."""
+        import tensorflow as tf
+
+        variables = [v for v in variables if "float" in str(v.dtype)]
+        if not variables or self.replicas == 1:
+            return
+        local = self.strategy.run(tf.function(lambda: [tf.identity(v.value) for v in variables]))
+        means = self.strategy.extended.batch_reduce_to(
+            tf.distribute.ReduceOp.MEAN, [(x, x) for x in local])
+        for v, m in zip(variables, means):
+            v.assign(self.strategy.experimental_local_results(m)[0])
 
 
 class NotChief(SystemExit):

@@ -166,10 +166,7 @@ def run(ctx, inputs, params: TrainerParams):
         elif params.init_weights:
             T.load_init_weights(core, params.init_weights, ctx.logger, ctx.tracking_uri)
     if dist is not None:
-        ctx.logger.info("distribution %s", dist.describe(params.batch_size))
-        if params.batch_size % dist.replicas:
-            ctx.logger.warning("batch_size %d is not a multiple of the %d replicas: replicas get unequal parts",
-                               params.batch_size, dist.replicas)
+        ctx.logger.info("distribution %s", dist.describe())
         if params.steps_per_execution > 1:
             ctx.logger.info("steps_per_execution is not used under a strategy (one step per call)")
 

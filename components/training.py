@@ -259,10 +259,12 @@ class ReplicaAveragedLoss(keras.losses.Loss):
     def __init__(self, inner: keras.losses.Loss):
         super().__init__(name=inner.name, reduction=inner.reduction, dtype=inner.dtype)
         self.inner = inner
+        self.batch_level = False  # seen when traced: fit_distributed says so in the log
 
     def call(self, y_true, y_pred):
         v = self.inner.call(y_true, y_pred)
         if len(v.shape) == 0:
+            self.batch_level = True
             v = keras.ops.broadcast_to(v, keras.ops.shape(y_pred)[:1])
         return v
 
@@ -328,6 +330,7 @@ def fit_distributed(model, dist, data, epochs: int, callbacks: list, logger, lab
             steps, examples = steps + 1, examples + sum(local)
             sizes.append(local)
             train_fn(batch)
+        dist.average_replicas(model.non_trainable_weights)
         logs = _metric_logs(model)
         if val is not None:
             model.reset_metrics()
@@ -339,6 +342,10 @@ def fit_distributed(model, dist, data, epochs: int, callbacks: list, logger, lab
             logger.info("%s: epoch %d: %d steps, %d examples on this process's %d replica(s), per-replica batch %s "
                         "(first step %s)", label, epoch + 1, steps, examples, len(sizes[0]) if sizes else 0,
                         "/".join(map(str, per_replica)), sizes[0] if sizes else [])
+            if getattr(model.loss, "batch_level", False):
+                logger.info("%s: the loss is one number per batch (e.g. triplets mined in the batch): each replica "
+                            "computes it on its own part of the global batch, and the replicas' values are averaged",
+                            label)
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

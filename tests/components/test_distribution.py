@@ -176,7 +176,7 @@ def test_mirrored_on_two_logical_cpus_follows_the_single_device_curve(data, sing
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240)
     log = _text(r.stdout + r.stderr)
     assert r.returncode == 0, log
-    assert "mirrored: 2 replicas" in log and f"global batch {BATCH} -> {BATCH // 2} per replica" in log
+    assert "mirrored: 2 replicas" in log
     # both replicas of this process got half of the first global batch, and the epoch the whole split once
     assert f"first step [{BATCH // 2}, {BATCH // 2}]" in log
     assert f"{sum(1 for _ in _records(data[0], 'train'))} examples on this process's 2 replica(s)" in log
