@@ -118,8 +118,8 @@ def open_pipeline(beam: dict, logger: logging.Logger | None = None, *, who: str 
 
     log = logger or logging.getLogger(__name__)
     runner, workers, address, args = _settings(beam)
+    _project_on_pythonpath()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_project_on_pythonpath())
         line = describe(beam)
         dask_address, dask_workers = None, None
         if runner == "dask":
@@ -137,21 +137,13 @@ def open_pipeline(beam: dict, logger: logging.Logger | None = None, *, who: str 
         result.wait_until_finish()
 
 
-@contextlib.contextmanager
-def _project_on_pythonpath():
+def _project_on_pythonpath() -> None:
     """Worker processes (Beam's SDK workers, Dask's) import the DoFns' modules: make sure they
-    find this project whatever the working directory, then restore the variable."""
-    old = os.environ.get("PYTHONPATH")
-    parts = [p for p in (old or "").split(os.pathsep) if p]
+    find this project whatever the working directory. Set once for the process and left (a
+    restore could undo another component's setting when components run in parallel threads)."""
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if _PROJECT_ROOT not in parts:
         os.environ["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT, *parts])
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
 
 
 def _quiet() -> bool:
@@ -161,11 +153,10 @@ def _quiet() -> bool:
 
 
 def _quiet_dask() -> None:
-    """Dask's INFO lines off unless ``_quiet`` says otherwise; worker processes read the same
-    setting from the environment variable."""
+    """Dask's INFO lines off in this process unless ``_quiet`` says otherwise (a LocalCluster's
+    workers get the same level through ``silence_logs``)."""
     if not _quiet():
         return
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     for name in ("distributed", "dask"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
