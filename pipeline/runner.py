@@ -194,11 +194,12 @@ class Runner:
                 from pipeline.parallel import Scheduler
 
                 Scheduler(self, selected, keys, execs, run_id, tracking, no_cache, view, InterruptGate).run()
-            for cid in selected if p.config.jobs == 1 else ():
-                if not self._skipped(cid, execs, view):
-                    self._execute(cid, keys[cid], execs[cid], run_id, tracking, no_cache, view)
-                if InterruptGate.requested:  # a library swallowed the KeyboardInterrupt: stop here
-                    break
+            else:
+                for cid in selected:
+                    if not self._skipped(cid, execs, view):
+                        self._execute(cid, keys[cid], execs[cid], run_id, tracking, no_cache, view)
+                    if InterruptGate.requested:  # a library swallowed the KeyboardInterrupt: stop here
+                        break
         except KeyboardInterrupt:
             InterruptGate.requested = True
         finally:
