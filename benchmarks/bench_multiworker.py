@@ -2,7 +2,7 @@
 (``distribution.strategy: multi_worker``, 127.0.0.1) against 1, on the same data, model and
 global batch.
 
-    python -m benchmarks multiworker                       # 600 synthetic SIGNS images, 6 epochs, batch 32
+    python -m benchmarks multiworker                       # 2000 synthetic SIGNS images, 5 epochs, batch 32
     python -m benchmarks multiworker --num-examples 1200 --epochs 8 --batch-size 64
     python -m benchmarks multiworker --max-load 2.5 --wait 300
 
@@ -94,8 +94,8 @@ def _run(setup: str, workers: int, base: list[str], out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks multiworker")
-    ap.add_argument("--num-examples", type=int, default=600)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--num-examples", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--model", default="signs_cnn")
     ap.add_argument("--max-load", type=float, default=2.0, help="wait while the 1-min load average is above this")
