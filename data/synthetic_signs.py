@@ -28,10 +28,10 @@ def render(label: int, rng: np.random.Generator, size: int = 64) -> np.ndarray:
         bg = rng.integers(60, 230, size=3)
     img = Image.new("RGB", (S, S), tuple(int(c) for c in bg))
     d = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(0, 2))):  # a little background clutter
+    for _ in range(int(rng.integers(0, 2))):  # a little background clutter: round, so never a "finger"
         x0, y0 = rng.integers(0, S, 2)
-        d.rectangle([int(x0), int(y0), int(x0 + rng.integers(10, 60)), int(y0 + rng.integers(10, 60))],
-                    fill=tuple(int(c) for c in rng.integers(40, 240, 3)))
+        r = int(rng.integers(8, 30))
+        d.ellipse([int(x0) - r, int(y0) - r, int(x0) + r, int(y0) + r], fill=tuple(int(c) for c in rng.integers(40, 240, 3)))
     skin_t = tuple(int(c) for c in np.clip(skin, 0, 255))
     hand = Image.new("L", (S, S), 0)
     h = ImageDraw.Draw(hand)

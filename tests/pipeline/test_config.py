@@ -142,7 +142,7 @@ def test_default_pipeline_yaml_is_valid():
 
     p = load_pipeline(PROJECT_ROOT / "pipeline.yaml")
     declared = yaml.safe_load((PROJECT_ROOT / "pipeline.yaml").read_text())["components"]
-    assert sorted(p.order) == sorted(declared) and len(p.order) == 23
+    assert sorted(p.order) == sorted(declared) and len(p.order) == 24
     for cid, comp in p.components.items():  # every producer comes before its consumers
         assert all(p.order.index(prod) < p.order.index(cid) for prod, _ in comp.inputs.values())
 
