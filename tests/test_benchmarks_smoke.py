@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-MODULES = ["benchmarks.bench_trainer_input", "benchmarks.bench_pipeline", "benchmarks.bench_example_gen"]
+MODULES = ["benchmarks.bench_trainer_input", "benchmarks.bench_pipeline", "benchmarks.bench_example_gen",
+           "benchmarks.bench_serving", "benchmarks.bench_first_run", "benchmarks.bench_multiworker"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -203,3 +204,9 @@ def test_faces_benchmark_pipeline_config_needs_seeds(tmp_path):
         bench.main(["--pipeline-config", str(tmp_path / "x.yaml")])
     with pytest.raises(SystemExit):  # refused before any training
         bench.main(["--quick", "--tta-scales", "1", "1.5"])
+
+
+def test_first_run_counts_lines_as_a_user_sees_them():
+    from benchmarks.bench_first_run import _lines
+
+    assert _lines("a\nb\n") == 2 and _lines("a\nb") == 2 and _lines("a\r\nb\r\n\n") == 3
