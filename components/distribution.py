@@ -157,7 +157,6 @@ class Distributed:
                 pos += a.size
         return out
 
-
     def average_replicas(self, variables: list) -> None:
         """Set each variable to its mean over the replicas. For the non-trainable state that every
         replica updates from its own part of the batch and no strategy aggregates (Keras'

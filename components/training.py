@@ -66,10 +66,11 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     Under multi_worker (``dist``, components/distribution.py) only the chief's files count, and
     no worker needs the others' disks: every worker takes part in saving (TensorFlow's rule for
     MultiWorkerMirroredStrategy, where a save may need collectives; Keras 3's .weights.h5,
-    written outside the strategy's scope, reads the mirrored variables locally), a non-chief into its own ``backup_dir`` that it deletes at
-    once; on resume the chief restores its checkpoint and broadcasts the epoch and every weight
-    and optimizer variable to the others. Keras 3's own BackupAndRestore does none of this (each
-    worker would read and write ``backup_dir`` as if it were alone)."""
+    written outside the strategy's scope, reads the mirrored variables locally), a non-chief
+    into its own ``backup_dir`` that it deletes at once; on resume the chief restores its
+    checkpoint and broadcasts the epoch and every weight and optimizer variable to the others.
+    Keras 3's own BackupAndRestore does none of this (each worker would read and write
+    ``backup_dir`` as if it were alone)."""
 
     def __init__(self, backup_dir: str, dist=None):
         super().__init__(backup_dir)
