@@ -225,7 +225,8 @@ class EpochLog(keras.callbacks.Callback):
 
         every = max(1, self.epochs // 4)
         if self.ctx.show_progress and not sys.stdout.isatty() and ((epoch + 1) % every == 0 or epoch + 1 == self.epochs):
-            self.ctx.logger.info("%s epoch %d/%d: %s", self.phase, epoch + 1, self.epochs, note)
+            self.ctx.logger.info("%s epoch %d/%d: %s", self.phase, epoch + 1, self.epochs, note,
+                                 extra={"console": True})
 
 
 def resolve_monitor(requested: str, reported: set[str], has_eval: bool, default: str, what: str, logger) -> str:

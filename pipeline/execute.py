@@ -53,6 +53,9 @@ def component_logger(log_path: Path, cid: str, console=None) -> logging.Logger:
 
         rh = RichHandler(console=console, show_time=False, show_path=False, markup=False)
         rh.setFormatter(logging.Formatter(f"[{cid}] %(message)s"))
+        # the console gets warnings, errors and the lines a component marks for it
+        # (extra={"console": True}: a training's progress); everything else is in the log file
+        rh.addFilter(lambda r: r.levelno >= logging.WARNING or getattr(r, "console", False))
         logger.addHandler(rh)
     return logger
 

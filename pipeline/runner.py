@@ -185,7 +185,9 @@ class Runner:
 
         self._parent_id = parent_id
         self.store.record_pipeline_run(run_id, parent_id)
-        view = _StatusView(self.console, execs) if self.console is not None else None
+        view = None
+        if self.console is not None:  # a live table on a terminal; piped, one line per start and end
+            view = (_StatusView if self.console.is_terminal else _LineView)(self.console, execs)
         end_status = None
         try:
             if view:
@@ -427,3 +429,36 @@ class _StatusView:
     def stop(self):
         self.live.update(self._table(), refresh=True)
         self.live.stop()
+
+
+class _LineView:
+    """Without a terminal (piped, CI, a log file): one line when a component starts and one when
+    it ends, instead of a table redrawn in place."""
+
+    def __init__(self, console, execs: dict[str, Execution]):
+        self.console = console
+        self.execs = execs
+        self.shown: dict[str, str] = {}
+
+    def start(self):
+        pass
+
+    def update(self):
+        for cid, e in self.execs.items():
+            if e.status == self.shown.get(cid, "pending"):
+                continue
+            self.shown[cid] = e.status
+            sym, style = _STYLE.get(e.status, ("?", ""))
+            if e.status == "running":
+                line = f"{cid} ({e.type}) started"
+            elif e.status in ("done", "failed", "killed"):
+                line = f"{cid} {e.status} in {e.duration:.1f}s"
+            elif e.status == "skipped":
+                line = f"{cid} skipped: {e.error}"
+            else:
+                line = f"{cid} {e.status}"
+            self.console.print(f"[{style}]{sym}[/] {line}", highlight=False)
+
+    def stop(self):
+        self.update()
+
