@@ -14,7 +14,7 @@ import contextlib
 import io
 import json
 
-from components.base import ComponentSpec, Params
+from components.base import ComponentSpec, Params, log_to_file_only
 
 
 class PusherParams(Params):
@@ -60,10 +60,14 @@ def run(ctx, inputs, params: PusherParams):
     active = mlflow.active_run()
     ctx_run = active if active is not None else mlflow.start_run(run_name=f"push {params.registered_model_name}")
     try:
-        # SavedModel export prints its endpoints to stdout: keep that out of the user's terminal.
-        with contextlib.redirect_stdout(io.StringIO()):
+        # SavedModel export prints its endpoints to stdout, MLflow "Successfully registered model"
+        # to stderr: both go to the component's log file, not the user's terminal.
+        with contextlib.redirect_stdout(io.StringIO()) as said, contextlib.redirect_stderr(said):
             logged = mlflow.keras.log_model(served, name="model", registered_model_name=params.registered_model_name,
                                             **log_kwargs(served, info))
+        for line in said.getvalue().splitlines():
+            if line.strip():
+                log_to_file_only(ctx.logger, "%s", line)
         # The .keras file too, so fine-tuning (Trainer init_weights=models:/...) gets real layers back.
         mlflow.log_artifact(str(model_art.keras_path), "keras")
         mlflow.log_artifact(str(model_art.path / info.FILE), "keras")
