@@ -210,14 +210,15 @@ def engine_startup(beam: dict) -> dict:
 
 def bench_engine(name: str, beam: dict, root: Path, tiny_dir: Path, n: int, n_tiny: int, work: Path, args,
                  loop_rate: float) -> dict:
+    work = work / name
     """One engine on one image set: trivial pipeline, tiny ExampleGen, full ExampleGen (medians)."""
     quiet = wait_for_quiet(args.max_busy, args.max_wait)
     startup = engine_startup(beam)
     tiny, full = [], []
     for r in range(args.repeats):
-        t = _measured(lambda: _run_example_gen(tiny_dir, work / f"{name}_tiny{r}", args.max_bad_fraction, beam))
+        t = _measured(lambda: _run_example_gen(tiny_dir, work / f"tiny{r}", args.max_bad_fraction, beam))
         tiny.append(t)
-        f = _measured(lambda: _run_example_gen(root, work / f"{name}_full{r}", args.max_bad_fraction, beam))
+        f = _measured(lambda: _run_example_gen(root, work / f"full{r}", args.max_bad_fraction, beam))
         full.append(f)
         print(f"  {name:15s} round {r + 1}: {n} images {f['wall_s']:.1f}s (cpu {f['cpu_total_s']:.1f}s = "
               f"{f['cpu_over_wall']:.2f} x wall), {n_tiny} images {t['wall_s']:.1f}s, trivial pipeline "
@@ -253,7 +254,7 @@ def bench_set(label: str, root: Path, engines: dict[str, tuple[str, int]], args,
             "cpu_median_s": statistics.median(x["cpu_total_s"] for x in loops), **loops[0]["result"], **quiet,
             "loadavg_after": os.getloadavg()}
     print(f"  {'loop':15s} {n} images {loop_wall:.1f}s ({n / loop_wall:.0f} images/s)", flush=True)
-    runs = {name: bench_engine(name, _beam(*eng), root, tiny_dir, n, n_tiny, work, args, loop["images_per_s"])
+    runs = {name: bench_engine(name, _beam(*eng), root, tiny_dir, n, n_tiny, work / label, args, loop["images_per_s"])
             for name, eng in engines.items()}
     print(f"\n{label}: {n} images")
     print(f"{'':16s} {'wall s':>7s} {'images/s':>9s} {'x loop':>7s} {'cpu/wall':>8s} {'trivial s':>9s} "
