@@ -329,7 +329,8 @@ def test_predict_rows_for_a_detector(hand_anchored, tmp_path):
             assert all(0 <= v <= SIZE for v in det["box"])
         assert Path(r["output"]).is_file() and Image.open(r["output"]).size == (SIZE, SIZE)
         lines = task.format_row(r)
-        assert lines[0] == "Found 3 boxes" and len(lines) == 5
+        assert lines[0] == "Found 3 boxes" and len(lines) == 6  # + the threshold line and the drawing
+        assert lines[4] == "  score threshold 0.000 (given)"
     _, rows = predict_images(str(model_dir), [str(paths[0])], score_threshold=1.0)
     assert rows[0]["detections"] == [] and 0 <= rows[0]["best_score"] < 1
     assert "--score-threshold" in task.format_row(rows[0])[1]
