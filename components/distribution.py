@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import signal
+import sys
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -35,8 +38,9 @@ class DistributionParams(Params):
     # replica each). TensorFlow allows it only before it initialises its devices, so it works in
     # a fresh process (`python -m pipeline component Trainer ...`), not after other TF work.
     logical_cpus: int | None = Field(None, ge=2)
-    # multi_worker: a collective (gradient all-reduce, broadcast) that waits longer than this for
-    # the other workers fails the run instead of hanging (a worker died or never started).
+    # multi_worker: how long a worker waits for the others, at start (every worker of TF_CONFIG
+    # must join; past it the process ends, status 142) and in each collective (gradient
+    # all-reduce, broadcast), instead of hanging on a worker that died or never started.
     timeout_s: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
@@ -214,14 +218,43 @@ def make(dp: DistributionParams, logger) -> Distributed | None:
 
     task = parse_tf_config(os.environ.get(TF_CONFIG))
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=dp.timeout_s)
+    # The strategy's constructor waits in TensorFlow's C++, holding the interpreter, until every
+    # worker of TF_CONFIG has registered, with no timeout of its own (a worker never started, a
+    # wrong address, a firewall: a hang that ignores SIGTERM). An alarm signal, whose default
+    # action ends the process (status 142), bounds the wait; the line before it says why.
+    alarm = _alarm_free()
+    logger.info("multi_worker: %s waiting%s for the %d workers of %s.cluster %s", task.name,
+                f" up to {dp.timeout_s:g} s (distribution.timeout_s; then this process ends, status 142)" if alarm else "",
+                task.num_workers, TF_CONFIG, json.loads(os.environ[TF_CONFIG])["cluster"], extra={"console": True})
+    if alarm:
+        consoles = [getattr(getattr(h, "console", None), "file", None) for h in logger.handlers]  # rich
+        for stream in (sys.stdout, sys.stderr, *(getattr(h, "stream", None) for h in logger.handlers), *consoles):
+            if stream is not None:
+                stream.flush()  # the line above must be out before a kill by the alarm
+        signal.alarm(max(1, math.ceil(dp.timeout_s)))
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except (RuntimeError, ValueError) as e:
         raise ComponentError(f"Trainer distribution.strategy multi_worker ({TF_CONFIG} task {task.name}): "
                              f"{type(e).__name__}: {e}") from None
+    finally:
+        if alarm:
+            signal.alarm(0)
     logger.info("multi_worker: %s of %d workers (%s)", task.name, task.num_workers,
-                "chief: writes the artifact" if task.is_chief else "not the chief: its outputs are discarded")
+                "chief: writes the artifact" if task.is_chief else "not the chief: its outputs are discarded",
+                extra={"console": True})
     return Distributed(strategy, "multi_worker", task)
+
+
+def _alarm_free() -> bool:
+    """SIGALRM has its default action (ends the process) and no alarm is pending: nothing else
+    (e.g. pytest-timeout) relies on it."""
+    if signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL:
+        return False
+    pending = signal.alarm(0)
+    if pending:
+        signal.alarm(pending)
+    return not pending
 
 
 def distribute_dataset(dist: Distributed, ds):

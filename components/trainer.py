@@ -166,7 +166,7 @@ def run(ctx, inputs, params: TrainerParams):
         elif params.init_weights:
             T.load_init_weights(core, params.init_weights, ctx.logger, ctx.tracking_uri)
     if dist is not None:
-        ctx.logger.info("distribution %s", dist.describe())
+        ctx.logger.info("distribution %s", dist.describe(), extra={"console": True})
         if params.steps_per_execution > 1:
             ctx.logger.info("steps_per_execution is not used under a strategy (one step per call)")
 
@@ -245,7 +245,8 @@ def run(ctx, inputs, params: TrainerParams):
         # this worker's copy of the model was written to the runner's temporary folder (saving
         # took part in any collective); NotChief discards it and exits 0: the chief's is the artifact
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
-        ctx.logger.info("%s done: not the chief, no artifact from this worker (the chief writes it)", dist.task.name)
+        ctx.logger.info("%s done: not the chief, no artifact from this worker (the chief writes it)", dist.task.name,
+                        extra={"console": True})
         raise D.NotChief(f"{dist.task.name}: trained; the chief writes the artifact")
     final = {f"final_{k}": float(v[-1]) for k, v in history.items() if v}
     numbers = {k: float(v) for k, v in task_fields.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -184,7 +184,7 @@ class EpochLog(keras.callbacks.Callback):
         start = int(getattr(self.model, "_initial_epoch", 0) or 0)
         if start:
             self.ctx.logger.info("resuming %s (%s) from epoch %d: the checkpoint of the interrupted run",
-                                 self.ctx.component_id, self.phase, start + 1)
+                                 self.ctx.component_id, self.phase, start + 1, extra={"console": True})
         # a resumed fit replays nothing before `start`; a restart from scratch drops the old tail
         self.history = {k: v[:start] for k, v in self.history.items()}
         for epoch in range(start):  # this run's tracker gets the interrupted runs' epochs too
@@ -356,11 +356,11 @@ def fit_distributed(model, dist, data, epochs: int, callbacks: list, logger, lab
             per_replica = sorted({n for s in sizes for n in s}, reverse=True)
             logger.info("%s: epoch %d: %d steps, %d examples on this process's %d replica(s), per-replica batch %s "
                         "(first step %s)", label, epoch + 1, steps, sum(map(sum, sizes)), len(sizes[0]) if sizes else 0,
-                        "/".join(map(str, per_replica)), sizes[0] if sizes else [])
+                        "/".join(map(str, per_replica)), sizes[0] if sizes else [], extra={"console": True})
             if getattr(model.loss, "batch_level", False):
                 logger.info("%s: the loss is one number per batch (e.g. triplets mined in the batch): each replica "
                             "computes it on its own part of the global batch, and the replicas' values are averaged",
-                            label)
+                            label, extra={"console": True})
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

@@ -248,3 +248,20 @@ def test_multi_worker_resumes_after_sigkill_of_every_worker(data, tmp_path):
     h = json.loads((out / "model" / "history.json").read_text())
     assert info["epochs_run"] == epochs and len(h["loss"]) == epochs
     assert all(v == v for v in h["loss"])  # no gap (NaN) left by the interruption
+
+
+@pytest.mark.slow
+def test_multi_worker_alone_ends_after_timeout_instead_of_hanging(data, tmp_path):
+    """A worker whose peers never start: TensorFlow would wait for them for good (ignoring
+    SIGTERM); the Trainer bounds the wait by distribution.timeout_s and says why."""
+    out = tmp_path / "trainer"
+    port, other = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}", f"127.0.0.1:{other}"]}
+    p = subprocess.Popen(_cmd(data, out, epochs=1, **{"distribution.strategy": "multi_worker",
+                                                      "distribution.timeout_s": 3}),
+                         cwd=tmp_path, env=_env(json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = _text(_wait([p], timeout=120)[0])
+    assert p.returncode == -signal.SIGALRM, log
+    assert "worker-0 waiting up to 3 s (distribution.timeout_s" in log and f"127.0.0.1:{other}" in log
+    assert not out.exists()
