@@ -267,11 +267,18 @@ class Runner:
                 self._commit(job, result, tr)
             self._done(job)
         except BaseException as e:  # noqa: BLE001 - record the failure, then decide whether to re-raise
-            if isinstance(e, (KeyboardInterrupt, SystemExit)) or InterruptGate.requested:  # (or a library's
+            from components.distribution import NotChief
+
+            if isinstance(e, NotChief):  # a multi_worker Trainer on a non-chief machine: no artifact here
+                self._failed(job, f"{e.message}; in `pipeline run` only the chief has the Trainer's artifact for "
+                                  "the components downstream: run a multi_worker Trainer with `python -m pipeline "
+                                  "component Trainer` on each machine (README: Distributed training)", "", logger)
+            elif isinstance(e, (KeyboardInterrupt, SystemExit)) or InterruptGate.requested:  # (or a library's
                 # exception raised by the interruption)
                 self._killed(job, logger)
                 raise KeyboardInterrupt from (None if isinstance(e, KeyboardInterrupt) else e)
-            self._failed(job, error_text(e), traceback.format_exc(), logger)
+            else:
+                self._failed(job, error_text(e), traceback.format_exc(), logger)
         finally:
             close_logger(logger)
             if view:
