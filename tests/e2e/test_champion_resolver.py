@@ -21,7 +21,7 @@ from tests.e2e.test_pipeline_e2e import signs_only_yaml
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["signs_gen.source.options.num_examples=120", "signs_train.batch_size=16",
+SMALL = ["signs_gen.source.options.num_examples=180", "signs_train.batch_size=16",
          "signs_eval.thresholds={}", "signs_eval.max_regression=1.0",  # every candidate may take over
          "signs_validate.min_examples_per_class=5"]
 

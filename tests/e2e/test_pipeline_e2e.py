@@ -21,7 +21,7 @@ from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["signs_gen.source.options.num_examples=120", "signs_train.epochs=2", "signs_train.batch_size=16",
+SMALL = ["signs_gen.source.options.num_examples=180", "signs_train.epochs=2", "signs_train.batch_size=16",
          "signs_eval.thresholds.accuracy=0.0", "signs_validate.min_examples_per_class=5"]
 
 

@@ -94,7 +94,7 @@ def test_layout_layers_by_depth_producers_left_of_consumers(small):
 
 def test_layout_of_the_default_pipeline_keeps_its_four_branches_apart(default_pipeline):
     lay = _check_layout(default_pipeline)
-    assert len(default_pipeline.components) == 26
+    assert len(default_pipeline.components) == 24
     assert [b[0] for b in lay.branches] == ["signs_gen", "style_transfer", "faces_gen", "shapes_gen"]
     assert lay.columns == 6
 
@@ -157,7 +157,7 @@ def test_cli_text_of_the_default_pipeline_on_an_empty_root(tmp_path, default_pip
     r = cli("graph", str(y))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert len(lines) == 26
+    assert len(lines) == 24
     assert [line.split(" ")[0] for line in lines] == default_pipeline.order
     assert all(line.split(" ", 1)[1].startswith("[not run]") for line in lines), lines
     assert "signs_train [not run] <- signs_gen.examples, signs_transform.transform" in lines
