@@ -209,4 +209,9 @@ def test_faces_benchmark_pipeline_config_needs_seeds(tmp_path):
 def test_first_run_counts_lines_as_a_user_sees_them():
     from benchmarks.bench_first_run import _lines
 
-    assert _lines("a\nb\n") == 2 and _lines("a\nb") == 2 and _lines("a\r\nb\r\n\n") == 3
+    assert _lines("a\nb\n") == 2 and _lines("a\nb") == 2 and _lines("a\n\nb\n") == 3
+    # a table of two rows drawn three times in place (cursor up 2, erase line), as rich's Live does
+    frame = "\x1b[2Krow 1\nrow 2\n"
+    redraw = frame + "\x1b[2A" + frame.replace("1", "one") + "\x1b[2A" + frame
+    assert _lines("title\n" + redraw + "done\n") == 4
+    assert _lines("bar 10%\rbar 50%\rbar 100%\n") == 1
