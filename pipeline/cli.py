@@ -13,6 +13,7 @@ import click
 from pipeline.cli_common import console as _console
 from pipeline.cli_common import fail as _fail
 from pipeline.cli_common import parse_kv as _kv
+from pipeline.cli_common import print_rows as _print_rows
 from pipeline.cli_common import quiet_libraries as _quiet_libraries
 from pipeline.cli_common import tracking_uri_option
 # The command groups import their helpers from pipeline.cli_common, never from here: no cycle.
@@ -422,15 +423,7 @@ def predict(model_uri, tracking_uri, top, score_threshold, out_dir, face_db, ima
                                     **{k: v for k, v in options.items() if v is not None})
     except PredictError as e:
         _fail(str(e))
-    for r in rows:
-        if r.get("error"):
-            click.secho(f"{r['image']}: {r['error']}", fg="red")
-            continue
-        lines = task.format_row(r)
-        click.echo(f"{r['image']}: {lines[0]}")
-        for line in lines[1:]:
-            click.echo(f"  {line}")
-    sys.exit(1 if any(r.get("error") for r in rows) else 0)
+    sys.exit(_print_rows(task, rows))
 
 
 @main.command()

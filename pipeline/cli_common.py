@@ -32,6 +32,20 @@ def fail(msg: str, code: int = 1):
     sys.exit(code)
 
 
+def print_rows(task, rows) -> int:
+    """What `predict` and `request` print: each image's lines from its task (its error in red);
+    returns the exit status (1 when an image failed)."""
+    for r in rows:
+        if r.get("error"):
+            click.secho(f"{r['image']}: {r['error']}", fg="red")
+            continue
+        lines = task.format_row(r)
+        click.echo(f"{r['image']}: {lines[0]}")
+        for line in lines[1:]:
+            click.echo(f"  {line}")
+    return 1 if any(r.get("error") for r in rows) else 0
+
+
 def quiet_libraries():
     """Silence the heavy libraries before they are imported: their Python logging and warnings,
     Beam's "apitools not found" line, and the lines TensorFlow's C++ runtime writes straight to

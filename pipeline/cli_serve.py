@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_common import fail, quiet_libraries, tracking_uri_option
+from pipeline.cli_common import fail, print_rows, quiet_libraries, tracking_uri_option
 
 
 @click.command("serve")
@@ -119,12 +119,4 @@ def request(url, images, model_uri, tracking_uri, top, score_threshold, face_db)
                                   **{k: v for k, v in options.items() if v is not None})
     except (ServingError, PredictError) as e:
         fail(str(e))
-    for r in rows:
-        if r.get("error"):
-            click.secho(f"{r['image']}: {r['error']}", fg="red")
-            continue
-        lines = task.format_row(r)
-        click.echo(f"{r['image']}: {lines[0]}")
-        for line in lines[1:]:
-            click.echo(f"  {line}")
-    sys.exit(1 if any(r.get("error") for r in rows) else 0)
+    sys.exit(print_rows(task, rows))
