@@ -11,6 +11,11 @@ enrolls kian with the registered face model and verifies camera_2.jpg (another p
 the course's impostor check. The demo model is trained on cartoon faces, so that check on real
 photos is reported, not targeted.
 
+The count on a pseudo-terminal (`--tty`) replays the output through a minimal terminal; under
+`script` (a pseudo-terminal without a window size) rich's live display leaves a title line
+behind on each redraw even in a ten-line program, so that count is an upper bound, not what a
+user's terminal shows. The count without a terminal is exact.
+
     python -m benchmarks first_run [--tty] [--course-faces DIR]
 """
 from __future__ import annotations
