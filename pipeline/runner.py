@@ -209,6 +209,9 @@ class Runner:
             failed_or_skipped = {c for c, e in execs.items() if e.status in ("failed", "skipped")}
             if InterruptGate.requested:
                 end_status = "KILLED"
+                job = getattr(self, "_current_job", None)
+                if job is not None and job.ex.status == "running":  # the interruption surfaced outside
+                    self._killed(job, logging.getLogger(__name__))  # its try (e.g. while it was closing)
             if view:
                 view.stop()
             if tracking:
@@ -252,7 +255,7 @@ class Runner:
 
     def _execute(self, cid, keyinfo, ex: Execution, run_id, tracking, no_cache, view) -> None:
         """One component in this process (jobs == 1)."""
-        job = self._start(cid, keyinfo, ex, run_id, no_cache)
+        job = self._current_job = self._start(cid, keyinfo, ex, run_id, no_cache)
         if view:
             view.update()
         if job is None:
