@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,26 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import PROJECT_ROOT, write_result
-
-
-def _wait_for_load(max_load: float, wait_s: float) -> dict:
-    t0 = time.time()
-    while os.getloadavg()[0] > max_load and time.time() - t0 < wait_s:
-        time.sleep(10)
-    load = os.getloadavg()
-    return {"load_before": [round(x, 2) for x in load], "waited_s": round(time.time() - t0, 1),
-            "load_above_max": load[0] > max_load}
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from benchmarks.common import PROJECT_ROOT, wait_for_load, write_result
+from components.serving import free_ports
 
 
 def _children_cpu() -> float:
@@ -73,7 +54,7 @@ def _run(setup: str, workers: int, base: list[str], out: Path) -> dict:
         cmds.append(base + extra + ["--out", str(out)])
         envs.append(env)
     else:
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(workers)]}
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(workers)]}
         for i in range(workers):
             cmds.append(base + ["--param", "distribution.strategy=multi_worker", "--out", str(out)])
             envs.append({**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
@@ -120,12 +101,12 @@ def main(argv: list[str] | None = None) -> None:
             base += ["--param", f"{k}={v}"]
         runs = []
         for setup, workers in (("default", 1), ("mirrored_1", 1), ("multi_worker_1", 1), ("multi_worker_2", 2)):
-            load = _wait_for_load(a.max_load, a.wait)
+            load = wait_for_load(a.max_load, a.wait)
             r = _run(setup, workers, base, d / setup)
             r.update(load, load_after=[round(x, 2) for x in os.getloadavg()])
             runs.append(r)
             print(f"{setup:15s} {r['images_per_s']:8.1f} images/s  cores busy {r['cores_busy']:.2f}  "
-                  f"load {r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}")
+                  f"load {r['load_at_start'][0]:.2f} -> {r['load_after'][0]:.2f}")
     by = {r["setup"]: r for r in runs}
     speedup = by["multi_worker_2"]["images_per_s"] / by["multi_worker_1"]["images_per_s"]
     result = {"config": {"num_examples": a.num_examples, "epochs": a.epochs, "global_batch_size": a.batch_size,

@@ -27,17 +27,9 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import wait_for_load, write_result
 
 PARQUET_TYPE = "application/vnd.apache.parquet"  # components.serving.PARQUET (imported lazily there)
-
-
-def _wait_for_load(max_load: float, wait_s: float) -> dict:
-    t0 = time.monotonic()
-    while os.getloadavg()[0] > max_load and time.monotonic() - t0 < wait_s:
-        time.sleep(5)
-    return {"waited_s": round(time.monotonic() - t0, 1), "load_at_start": os.getloadavg(),
-            "max_load": max_load, "load_was_high": os.getloadavg()[0] > max_load}
 
 
 def _demo_model(scratch: Path, epochs: int):
@@ -157,7 +149,7 @@ def main(argv=None) -> dict:
         rng = np.random.default_rng(0)
         pool = rng.integers(0, 256, (256, h, w, 3), dtype=np.uint8)
 
-        result["load"] = {"before": _wait_for_load(args.max_load, args.wait_load)}
+        result["load"] = {"before": wait_for_load(args.max_load, args.wait_load)}
         print(f"load average {os.getloadavg()}; serving {folder}")
         with Server(folder, workers=args.workers, log_path=scratch / "server.log") as server:
             result["server"] = {"workers": args.workers, "rss_mb_idle": round(server.rss_bytes() / 2**20, 1)}

@@ -42,3 +42,14 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     tmp.replace(path)
     return path
+
+
+def wait_for_load(max_load: float, wait_s: float, poll_s: float = 5.0) -> dict:
+    """Wait (at most ``wait_s``) until the 1-minute load average is under ``max_load``; what was
+    seen goes into the result JSON, so a figure measured on a busy machine says so."""
+    t0 = time.monotonic()
+    while os.getloadavg()[0] > max_load and time.monotonic() - t0 < wait_s:
+        time.sleep(poll_s)
+    load = os.getloadavg()
+    return {"waited_s": round(time.monotonic() - t0, 1), "load_at_start": [round(x, 2) for x in load],
+            "max_load": max_load, "load_was_high": load[0] > max_load}

@@ -306,7 +306,8 @@ def f1_at_thresholds(gt, detections, iou_threshold=0.5, class_names=None) -> dic
 
     Returns ``{"threshold", "f1", "precision", "recall", "tp", "fp", "num_gt"}`` at the cut with the
     highest F1 (keep detections with score >= threshold; ties: the higher threshold, fewer boxes),
-    plus ``curve`` ({"threshold", "f1"} lists, highest score first). With no true positive at any
+    plus ``curve`` ({"threshold", "f1", "tp", "fp"} lists, highest score first: the counts kept at
+    each cut). With no true positive at any
     cut, ``threshold`` is None and F1 is 0."""
     detections = list(detections)
     names = _names(gt, detections, class_names)
@@ -323,9 +324,9 @@ def f1_at_thresholds(gt, detections, iou_threshold=0.5, class_names=None) -> dic
     last = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, bool)
     s, ctp, cfp = s[last], ctp[last], cfp[last]
     f1 = 2 * ctp / np.maximum(2 * ctp + cfp + (npos - ctp), np.finfo(np.float64).eps)
-    out = {"iou_threshold": iou_threshold, "num_gt": npos, "curve": {"threshold": s.tolist(), "f1": f1.tolist()},
-           # every detection given kept (the lowest cut): what a fixed threshold applied beforehand gives
-           "all": {"tp": int(ctp[-1]) if len(ctp) else 0, "fp": int(cfp[-1]) if len(cfp) else 0}}
+    out = {"iou_threshold": iou_threshold, "num_gt": npos,
+           "curve": {"threshold": s.tolist(), "f1": f1.tolist(), "tp": ctp.astype(int).tolist(),
+                     "fp": cfp.astype(int).tolist()}}
     if not len(f1) or f1.max() <= 0:
         return {**out, "threshold": None, "f1": 0.0, "precision": 0.0, "recall": 0.0, "tp": 0, "fp": int(cfp[-1]) if len(cfp) else 0}
     i = int(np.argmax(f1))  # first maximum = the highest threshold reaching it

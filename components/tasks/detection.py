@@ -420,9 +420,10 @@ class DetectionTask(Task):
         cut = info.get("score_threshold")
         if cut is None or cut < tp.score_threshold:
             return {}
-        r = f1_at_thresholds(gt, [d for d in dets if d["score"] >= cut], iou_threshold=tp.voc_iou_threshold,
-                             class_names=classes)
-        tp_n, fp_n, n = r["all"]["tp"], r["all"]["fp"], r["num_gt"]
+        r = f1_at_thresholds(gt, dets, iou_threshold=tp.voc_iou_threshold, class_names=classes)
+        c, n = r["curve"], r["num_gt"]
+        kept = [i for i, t in enumerate(c["threshold"]) if t >= cut]  # cuts run from the highest score down
+        tp_n, fp_n = (c["tp"][kept[-1]], c["fp"][kept[-1]]) if kept else (0, 0)
         prec = tp_n / (tp_n + fp_n) if tp_n + fp_n else 0.0
         rec = tp_n / n if n else 0.0
         return {"score_threshold": cut, "precision": prec, "recall": rec,

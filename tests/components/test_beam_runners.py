@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import socket
 import time
 
 import pytest
@@ -29,9 +28,9 @@ def beam(runner, **kw):
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
+    from components.serving import free_port
+
+    return free_port()  # nothing listens once the socket is closed
 
 
 def children() -> dict[int, str]:

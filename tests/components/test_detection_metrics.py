@@ -155,7 +155,7 @@ def test_f1_threshold_on_a_hand_worked_case():
     low_fp = PERFECT + [{"image_id": "b", "box": [60, 60, 70, 70], "score": 0.1, "label": 1}]
     r = f1_at_thresholds(GT, low_fp, class_names=NAMES)
     assert r["threshold"] == pytest.approx(0.7) and r["f1"] == pytest.approx(1.0)
-    assert r["all"] == {"tp": 3, "fp": 1}
+    assert r["curve"]["tp"] == [1, 2, 3, 3] and r["curve"]["fp"] == [0, 0, 0, 1]
     # Equal scores are one cut (a threshold keeps both or neither); nothing right -> no threshold.
     tied = [{**d, "score": 0.5} for d in PERFECT]
     assert f1_at_thresholds(GT, tied, class_names=NAMES)["curve"]["threshold"] == [0.5]

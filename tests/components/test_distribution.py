@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import pytest
 
 from components.base import ComponentError
 from components.distribution import DistributionParams, parse_tf_config
+from components.serving import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = 16
@@ -116,18 +116,8 @@ def _text(p) -> str:
     return " ".join(p.split())  # the console's line wrapping undone
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _start_workers(data, out: Path, n: int = 2, **params) -> list[subprocess.Popen]:
-    ports = _free_ports(n)
+    ports = free_ports(n)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     return [subprocess.Popen(_cmd(data, out, **{"distribution.strategy": "multi_worker", "distribution.timeout_s": 120,
                                                 **params}),
@@ -255,7 +245,7 @@ def test_multi_worker_alone_ends_after_timeout_instead_of_hanging(data, tmp_path
     """A worker whose peers never start: TensorFlow would wait for them for good (ignoring
     SIGTERM); the Trainer bounds the wait by distribution.timeout_s and says why."""
     out = tmp_path / "trainer"
-    port, other = _free_ports(2)
+    port, other = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}", f"127.0.0.1:{other}"]}
     p = subprocess.Popen(_cmd(data, out, epochs=1, **{"distribution.strategy": "multi_worker",
                                                       "distribution.timeout_s": 3}),

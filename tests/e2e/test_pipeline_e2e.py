@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -281,19 +280,13 @@ def test_two_concurrent_runs_both_complete(tmp_path):
         assert len(executions(tmp_path / "pipeline_root", rid)) == 2
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture(scope="module")
 def ui_server(project):
     """`pipeline ui` on the project's tracking DB: (base URL, experiment id, project folder)."""
     d, y, _ = project
-    port = _free_port()
+    from components.serving import free_port
+
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ui", "--pipeline", str(y), "--port", str(port)],
                             cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
