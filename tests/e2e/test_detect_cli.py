@@ -69,6 +69,14 @@ def test_detect_with_a_trained_model_folder(model_and_images, tmp_path):
     rows = predict(fitted[None], ["a"])
     np.testing.assert_allclose([d["box"] for d in res["images"][0]["detections"]],
                                [np.asarray(d["box"]) * 1.5 for d in rows[0]["detections"]], atol=0.2)
+    # No --score-threshold: the model's registered one (best F1 on its eval split), or 0.3 without one; said.
+    cut = info.get("score_threshold")
+    r = _cli("detect", "--model", str(model_dir), str(images[0]), "--out", str(tmp_path / "default"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    said = "registered with the model" if cut is not None else "default: the model has no registered threshold"
+    assert f"score threshold {cut if cut is not None else 0.3:.3f} ({said}" in r.stdout, r.stdout
+    used = json.loads((tmp_path / "default" / "detections.json").read_text())
+    assert used["score_threshold"] == (cut if cut is not None else 0.3) and used["score_threshold_source"]
     # Nothing above the cut: say how high the scores went and how to lower it.
     r = _cli("detect", "--model", str(model_dir), str(images[0]), "--out", str(tmp_path / "none"),
              "--score-threshold", "1.0")

@@ -176,3 +176,21 @@ def test_missing_init_weights_file_fails_validation(tmp_path):
     msg = error_of(tmp_path, GOOD.replace("params: {model: signs_cnn, epochs: 2}",
                                          "params: {model: signs_cnn, epochs: 2, init_weights: gone.keras}"))
     assert "components.train.params.init_weights: no such file or folder: gone.keras" in msg
+
+
+def test_beam_section_and_jobs_from_the_command_line():
+    """`--set beam.runner=dask --set beam.workers=3 --set jobs=2` (and `run --jobs`) reach what the
+    runner hands to components; the older `beam_args` list still works and merges into `args`."""
+    from tests.conftest import PROJECT_ROOT
+
+    p = load_pipeline(PROJECT_ROOT / "pipeline.yaml", ["beam.runner=dask", "beam.workers=3",
+                                                      "beam.address=tcp://h:8786", "jobs=2"])
+    assert p.config.beam_settings() == {"runner": "dask", "workers": 3, "address": "tcp://h:8786", "args": []}
+    assert p.config.jobs == 2 and p.config.max_parallel_trainers == 1
+    p = load_pipeline(PROJECT_ROOT / "pipeline.yaml", ["beam_args=[--runner=FnApiRunner, --foo=1]", "beam.args=[--bar=2]"])
+    assert p.config.beam_settings()["args"] == ["--foo=1", "--bar=2"]
+    with pytest.raises(ConfigError, match="beam"):
+        load_pipeline(PROJECT_ROOT / "pipeline.yaml", ["beam.runner=spork"])
+    with pytest.raises(ConfigError, match="jobs"):
+        load_pipeline(PROJECT_ROOT / "pipeline.yaml", ["jobs=0"])
+
