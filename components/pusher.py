@@ -92,7 +92,7 @@ def run(ctx, inputs, params: PusherParams):
     for k, v in tags.items():
         client.set_model_version_tag(params.registered_model_name, version, k, v)
     if blessed:
-        client.set_registered_model_alias(params.registered_model_name, params.alias, version)
+        _set_alias(client, params.registered_model_name, params.alias, version)
     uri = f"models:/{params.registered_model_name}/{version}"
     out.data = {"pushed": True, "registered_model_name": params.registered_model_name, "version": version, "uri": uri,
                 "alias": params.alias if blessed else None, "run_id": ctx_run.info.run_id,
@@ -114,3 +114,23 @@ SPEC = ComponentSpec(type="Pusher",
                      description="model + blessing (+ infra_blessing) -> registered MLflow model version (+ alias if blessed)",
                      params=PusherParams, run=run, inputs={"model": True, "blessing": True, "infra_blessing": False},
                      outputs=("pushed_model",), code_dependencies=_code_dependencies)
+
+
+def _set_alias(client, name: str, alias: str, version, attempts: int = 5) -> None:
+    """Move ``alias`` to ``version``. MLflow's SQL store replaces an alias by a delete and an insert
+    that are not one transaction: two Pushers setting it at the same moment make one of them fail
+    with a UNIQUE-constraint error. Setting an alias is idempotent (the last writer wins, as
+    without the race), so that error is retried after a short pause."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException as e:
+            if "UNIQUE constraint failed" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+

@@ -103,3 +103,29 @@ def test_lower_is_better_metrics_compare_the_other_way():
     assert ok
     ok, reasons = bless({"eer": 0.25}, {"eer": 0.2}, "eer", None, lower_is_better=low)
     assert not ok and "eer 0.2500 > threshold 0.2" in reasons[0]
+
+
+def test_alias_race_with_another_pusher_is_retried_and_other_errors_are_not():
+    """MLflow's SQL store replaces an alias with a delete and an insert: a concurrent Pusher can make
+    the insert hit the UNIQUE constraint. That is retried; any other MLflow error is raised."""
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    from components.pusher import _set_alias
+
+    class Client:
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        def set_registered_model_alias(self, name, alias, version):
+            self.calls += 1
+            if self.errors:
+                raise MlflowException(self.errors.pop(0))
+
+    c = Client(["(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_aliases.alias"])
+    _set_alias(c, "m", "champion", 2)
+    assert c.calls == 2
+    c = Client(["RESOURCE_DOES_NOT_EXIST: no model m"])
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+        _set_alias(c, "m", "champion", 2)
+    assert c.calls == 1

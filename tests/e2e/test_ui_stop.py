@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT_ROOT
-from tests.e2e.test_pipeline_e2e import _free_port
+from components.serving import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def test_sigterm_stops_the_server_and_its_workers(tmp_path):
-    port = _free_port()
+    port = free_port()
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ui", "--backend-store-uri", db, "--port", str(port)],
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
