@@ -21,7 +21,9 @@ from components.base import ComponentError
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = Path(str(path) + ".tmp")
+    # a temporary name of this process's own: two runs of one execution (same work folder) at once
+    # must not rename each other's half-written file away
+    tmp = Path(f"{path}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -99,9 +101,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
-        tmp_weights = self._weights_path.replace(".weights.h5", ".tmp.weights.h5")
+        tmp_weights = self._weights_path.replace(".weights.h5", f".{os.getpid()}.tmp.weights.h5")  # see _atomic_write
         self.model.save_weights(filepath=tmp_weights, overwrite=True)
-        tmp_meta = self._training_metadata_path + ".tmp"
+        tmp_meta = f"{self._training_metadata_path}.{os.getpid()}.tmp"
         with open(tmp_meta, "w") as f:
             f.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
         # weights first, then the epoch counter: a kill between the two resumes one epoch
@@ -151,7 +153,7 @@ class KeepBest(keras.callbacks.Callback):
             self.best_weights = self.model.get_weights()
             if self.state_dir:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
-                tmp = self.state_dir / "best.tmp.weights.h5"
+                tmp = self.state_dir / f"best.{os.getpid()}.tmp.weights.h5"  # see _atomic_write
                 self.model.save_weights(tmp, overwrite=True)
                 os.replace(tmp, self.state_dir / "best.weights.h5")
                 _atomic_write(self.state_dir / "best.json", json.dumps(
