@@ -67,6 +67,7 @@ class Scheduler:
         cfg = runner.pipeline.config
         self.jobs, self.max_trainers = cfg.jobs, cfg.max_parallel_trainers
         self.running: dict[str, _Worker] = {}
+        self.waiting: set[str] = set()  # ready, but another process holds their cache key
 
     def run(self) -> None:
         # While this loop runs, the CLI's Ctrl-C handler only notes the request (`deferred`): the
@@ -80,9 +81,9 @@ class Scheduler:
                 for w in [w for w in self.running.values() if w.proc.poll() is not None]:
                     self._finish(w)
                 pending = self._start_ready(pending)
-                if pending and not self.running:  # every slot free and nothing ready: not a DAG
+                if pending and not self.running and not self.waiting:  # every slot free, nothing ready
                     raise RuntimeError(f"the scheduler cannot start any of {', '.join(pending)}")
-                if self.running:
+                if self.running or self.waiting:
                     time.sleep(_POLL_S)
         except BaseException:
             self._stop_all()
@@ -104,7 +105,15 @@ class Scheduler:
             if not hit and not self._slot_free(self.execs[cid].type):
                 left.append(cid)
                 continue
-            job = self.runner._start(cid, self.keys[cid], self.execs[cid], self.run_id, self.no_cache)
+            job = self.runner._start(cid, self.keys[cid], self.execs[cid], self.run_id, self.no_cache, block=False)
+            if job == self.runner.BUSY:  # another run is executing the same key: ask again next pass
+                if cid not in self.waiting and self.runner.console is not None:
+                    self.runner.console.print(f"{cid}: another run is executing it with the same inputs; "
+                                              "waiting for its result")
+                self.waiting.add(cid)
+                left.append(cid)
+                continue
+            self.waiting.discard(cid)
             if job is not None:
                 self._launch(job)
             if self.view:

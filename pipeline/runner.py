@@ -18,7 +18,7 @@ from pipeline.config import Pipeline
 # run_single, compute_key and PipelineError are imported from here by the CLI, tests and benchmarks
 from pipeline.execute import (PipelineError, close_logger, component_logger, compute_key,  # noqa: F401
                               error_text, execute_component, resolve_external, run_single)
-from pipeline.store import ArtifactStore
+from pipeline.store import ArtifactStore, KeyLock
 
 
 class InterruptGate:
@@ -94,6 +94,7 @@ class _Job:
     work_dir: Path
     log_path: Path
     t0: float
+    lock: KeyLock | None = None
 
 
 @dataclass
@@ -288,12 +289,35 @@ class Runner:
                 view.update()
 
     # -- an execution's records, shared by the in-process path and pipeline/parallel.py ------
-    def _start(self, cid, keyinfo, ex: Execution, run_id, no_cache) -> _Job | None:
+    BUSY = "busy"  # _start(block=False): another process is executing the same cache key
+
+    def _start(self, cid, keyinfo, ex: Execution, run_id, no_cache, block: bool = True) -> _Job | None | str:
         """Record the execution's start. A cache hit is recorded whole and gives None; otherwise
-        the execution is running, its temporary folder open, and its job is returned."""
+        the execution is running, its temporary folder open, and its job is returned.
+
+        Only one process executes a cache key at a time: a second identical run waits for the
+        first (or, ``block=False``, gets ``BUSY`` and asks again later), then finds its result in
+        the cache, or executes it itself if the first failed or was killed."""
         p = self.pipeline
         comp = p.components[cid]
-        key = ex.key = keyinfo[0]
+        key = keyinfo[0]
+        lock = self.store.key_lock(cid, key)
+        if not lock.try_acquire():
+            if not block:
+                return self.BUSY
+            self._wait_for(lock, cid)
+        try:
+            job = self._start_locked(cid, comp, key, keyinfo, ex, run_id, no_cache, lock)
+        except BaseException:
+            lock.release()
+            raise
+        if job is None:  # a cache hit: nothing executes
+            lock.release()
+        return job
+
+    def _start_locked(self, cid, comp, key, keyinfo, ex: Execution, run_id, no_cache, lock) -> _Job | None:
+        p = self.pipeline
+        ex.key = key
         row = self.store.record_start(pipeline_run=run_id, pipeline=p.config.name, component=cid, type=comp.type,
                                       cache_key=key, status="running", cache_hit=0, started=time.time(),
                                       mlflow_parent_run_id=getattr(self, "_parent_id", None))
@@ -314,7 +338,19 @@ class Runner:
                 "cache_hit": "false"}
         return _Job(cid, comp.type, ex, row, keyinfo, run_id, self._inputs_for(cid, self._all_keys),
                     comp.params.model_dump(mode="json"), tags, self.store.begin(cid, key, get_spec(comp.type).outputs),
-                    self.store.work_dir(cid, key), self.store.log_path(run_id, cid), t0)
+                    self.store.work_dir(cid, key), self.store.log_path(run_id, cid), t0, lock)
+
+    def _wait_for(self, lock: KeyLock, cid: str) -> None:
+        """Wait (polling, so Ctrl-C stays prompt) until the other process executing ``cid``
+        with the same cache key is done."""
+        if self.console is not None:
+            who = lock.holder()
+            self.console.print(f"{cid}: another run is executing it with the same inputs"
+                               f"{f' (process {who})' if who else ''}; waiting for its result")
+        while not lock.try_acquire():
+            if InterruptGate.requested:
+                raise KeyboardInterrupt
+            time.sleep(0.5)
 
     def _component_kwargs(self, job: _Job) -> dict:
         """execute_component's arguments besides params, folders, logger and tracker; plain JSON,
@@ -353,6 +389,12 @@ class Runner:
         job.ex.status = "done"
         self.store.record_update(job.row, status="done", duration=job.ex.duration, mlflow_run_id=job.ex.mlflow_run_id,
                                  artifact_dir=str(job.ex.dir))
+        self._release(job)
+
+    @staticmethod
+    def _release(job: _Job) -> None:
+        if job.lock is not None:
+            job.lock.release()
 
     def _killed(self, job: _Job, logger) -> None:
         ex = job.ex
@@ -362,6 +404,7 @@ class Runner:
         log_to_file_only(logger, "%s interrupted after %.1fs", job.cid, ex.duration)
         self.store.record_update(job.row, status="killed", duration=ex.duration, error=ex.error,
                                  mlflow_run_id=ex.mlflow_run_id)
+        self._release(job)
 
     def _failed(self, job: _Job, error: str, tb: str | None, logger) -> None:
         ex = job.ex
@@ -378,6 +421,7 @@ class Runner:
         ex.error += f"  (log: {job.log_path})"
         self.store.record_update(job.row, status="failed", duration=ex.duration, error=ex.error,
                                  mlflow_run_id=ex.mlflow_run_id)
+        self._release(job)
 
     def cached_outputs(self, cid: str) -> dict[str, Path]:
         """The output folders of ``cid``'s upstream components as the current params and code

@@ -5,6 +5,7 @@ renamed into place when complete, plus a small sqlite index of executions.
                                       /<output name>/...
     <root>/<component id>/.tmp-<key>-<pid>-<rand>/     (in progress; never read as a result)
     <root>/<component id>/.work/<key>/                 (checkpoints that survive a kill)
+    <root>/<component id>/.work/<key>.lock             (held by the one process executing that key)
     <root>/logs/<pipeline run id>/<component id>.log
     <root>/executions.db
 
@@ -14,6 +15,7 @@ killed at any moment leaves at most a `.tmp-*` folder that nothing mistakes for 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -132,6 +134,9 @@ class ArtifactStore:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def key_lock(self, component_id: str, key: str) -> "KeyLock":
+        return KeyLock(self.root / component_id / ".work" / f"{key}.lock")
+
     def log_path(self, pipeline_run: str, component_id: str) -> Path:
         d = self.root / "logs" / pipeline_run
         d.mkdir(parents=True, exist_ok=True)
@@ -189,6 +194,43 @@ class ArtifactStore:
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
         return n
+
+
+class KeyLock:
+    """One executing process per (component, cache key) among the runs sharing the root: two
+    identical runs would otherwise share the work folder (checkpoints, Keras' backup
+    folder, which Keras deletes when its training ends). An ``flock``: the kernel releases it
+    when its holder dies, so a killed run never leaves it taken."""
+
+    def __init__(self, path: Path):
+        self.path, self._fd = Path(path), None
+
+    def try_acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        """'pid host' of the process holding it (for messages), or ''."""
+        try:
+            return self.path.read_text().strip()
+        except OSError:
+            return ""
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the descriptor drops the flock
 
 
 def owner_alive(pid: int | None, started: float) -> bool:
