@@ -16,7 +16,8 @@ any task. What differs between tasks (classification, binary, detection, embeddi
     BulkInferrer / predict / serving
                 predictor ─> uint8 image batch -> one JSON-able row per image; format_row ─> the
                 lines ``predict`` prints; finalize_inference ─> extra files of a whole split;
-                serving_model ─> what is registered and served (components/serving.py).
+                serving_model ─> what is registered and served (components/serving.py);
+                served_predictor ─> the predictor's rows from a scoring server's answers.
 
 To add a task: subclass ``Task`` in a new module here, set the class attributes, implement the
 abstract methods, and add one line to ``TASKS`` in ``components/tasks/__init__.py``
@@ -185,6 +186,16 @@ class Task(abc.ABC):
         """A callable (uint8 images (B, H, W, 3), keys) -> one JSON-able row per image
         (``key`` first). ``options`` come from ``predict``'s command line (top, score_threshold,
         face_db, ...); a task ignores those it does not know."""
+
+    def served_predictor(self, served, info: ModelInfo, **options) -> Predictor:
+        """The same rows as ``predictor`` gives in-process, the model answering from a scoring
+        server: ``served`` is a stand-in for the Keras model whose ``predict_on_batch`` /
+        ``predict`` / call send the uint8 batch to the server and return its answer
+        (``components.serving.RemoteModel``). By default that answer is what the task's network
+        gives, so the task's own predictor reads it. A task whose ``serving_model`` is not its
+        network (a detector serves its decoded boxes) overrides this to read the served layout,
+        building its rows with the same code as its ``predictor``."""
+        return self.predictor(served, info, **options)
 
     def predict_options(self, info: ModelInfo, options: dict) -> dict:
         """``predict``'s options with the model's own defaults filled in (a detector's registered

@@ -243,6 +243,48 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
+# ---------------------------------------------------------------- predict rows (in-process and served)
+
+def _check_images(images, info):
+    import numpy as np
+
+    images = np.asarray(images, np.uint8)
+    h, w = info.image_size
+    if images.shape[1:3] != (h, w):
+        raise ComponentError(f"detection: images are {images.shape[1:3]}, the model takes {(h, w)}")
+    return images
+
+
+def _row_maker(info, score_threshold: float, threshold_source: str | None, out_dir):
+    """(key, image, boxes in pixels, scores, labels, best score) -> the ``predict`` row of one
+    image: what the in-process predictor and the served one both give (and ``output``, the drawn
+    image, under ``out_dir``)."""
+    from models.yolo.draw import draw_boxes
+    from models.yolo.inference import detection_dicts
+
+    classes = list(info.classes)
+    h, w = info.image_size
+    used: set[str] = set()
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+
+    def row(key, image, px_boxes, scores, labels, best_score) -> dict:
+        dets = detection_dicts(px_boxes, scores, labels, classes)
+        r = {"key": key, "width": int(w), "height": int(h), "detections": dets}
+        if threshold_source:  # interactive predict: say which cut was applied
+            r["score_threshold"], r["threshold_source"] = score_threshold, threshold_source
+        if not dets:
+            r["best_score"] = round(float(best_score), 5)
+        if out_dir is not None:
+            stem = Path(str(key)).stem or "image"
+            name = stem if stem not in used else f"{stem}_{len(used)}"
+            used.add(name)
+            r["output"] = str(Path(out_dir) / f"{name}.png")
+            draw_boxes(image, dets, classes, r["output"])
+        return r
+    return row
+
+
 # ---------------------------------------------------------------- the plug-in
 
 class DetectionTask(Task):
@@ -461,38 +503,44 @@ class DetectionTask(Task):
         drawn image, with ``out_dir``)."""
         import numpy as np
 
-        from models.yolo.draw import draw_boxes
-        from models.yolo.inference import detect, detection_dicts, to_pixels
+        from models.yolo.inference import detect, to_pixels
 
         classes = list(info.classes)
         anchors = np.asarray(info.get("anchors"), np.float32)
         h, w = info.image_size
         iou = info.get("nms_iou_threshold", 0.5) if iou_threshold is None else iou_threshold
-        used: set[str] = set()
-        if out_dir is not None:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
+        row = _row_maker(info, score_threshold, threshold_source, out_dir)
 
         def run(images, keys):
-            images = np.asarray(images, np.uint8)
-            if images.shape[1:3] != (h, w):
-                raise ComponentError(f"detection: images are {images.shape[1:3]}, the model takes {(h, w)}")
+            images = _check_images(images, info)
+            return [row(k, img, to_pixels(det["boxes"], h, w), det["scores"], det["labels"], det["best_score"])
+                    for k, img, det in zip(keys, images, detect(model, images, anchors, len(classes),
+                                                                score_threshold=score_threshold, iou_threshold=iou,
+                                                                max_detections=max_boxes or max_detections))]
+        return run
+
+    def served_predictor(self, served, info, score_threshold: float = BULK_PROTOCOL["score_threshold"],
+                         max_boxes: int | None = None, max_detections: int = BULK_PROTOCOL["max_detections"],
+                         out_dir=None, threshold_source: str | None = None, **_):
+        """The served detector answers its boxes after NMS, packed as (B, 100, 6) rows (pixels,
+        score, class; class -1 pads: ``models/yolo/serving.py``), decoded with every score above 0:
+        keeping those at or above ``score_threshold`` (at most ``max_boxes``) gives what decoding
+        with that cut gives in-process (NMS is greedy by score), and the same rows through the same
+        ``_row_maker``. The NMS IoU is the registered one (``iou_threshold`` cannot change it)."""
+        import numpy as np
+
+        row = _row_maker(info, score_threshold, threshold_source, out_dir)
+        limit = max_boxes or max_detections
+
+        def run(images, keys):
+            images = _check_images(images, info)
+            packed = np.asarray(served.predict_on_batch(images), np.float32).reshape(len(images), -1, 6)
             rows = []
-            for k, img, det in zip(keys, images, detect(model, images, anchors, len(classes),
-                                                        score_threshold=score_threshold, iou_threshold=iou,
-                                                        max_detections=max_boxes or max_detections)):
-                dets = detection_dicts(to_pixels(det["boxes"], h, w), det["scores"], det["labels"], classes)
-                row = {"key": k, "width": int(w), "height": int(h), "detections": dets}
-                if threshold_source:  # interactive predict: say which cut was applied
-                    row["score_threshold"], row["threshold_source"] = score_threshold, threshold_source
-                if not dets:
-                    row["best_score"] = round(det["best_score"], 5)
-                if out_dir is not None:
-                    stem = Path(str(k)).stem or "image"
-                    name = stem if stem not in used else f"{stem}_{len(used)}"
-                    used.add(name)
-                    row["output"] = str(Path(out_dir) / f"{name}.png")
-                    draw_boxes(img, dets, classes, row["output"])
-                rows.append(row)
+            for k, img, dets in zip(keys, images, packed):
+                dets = dets[dets[:, 5] >= 0]  # sorted by score: the first is the best of the image
+                best = float(dets[0, 4]) if len(dets) else 0.0
+                kept = dets[dets[:, 4] >= score_threshold][:limit]
+                rows.append(row(k, img, kept[:, :4], kept[:, 4], kept[:, 5].astype(np.int64), best))
             return rows
         return run
 

@@ -11,7 +11,8 @@ MLflow's Keras flavour serves one output tensor (it converts the model's answer 
 The decoding keeps every box scoring above 0 (``score_threshold=0``) up to K per image: a client
 applies its own cut afterwards, and gets exactly what decoding with that cut gives (NMS is greedy
 by score, so a box's fate depends only on higher-scoring boxes), and the first row's score is the
-highest class score of any slot (``best_score``).
+highest class score of any slot (``best_score``). The detection task's ``served_predictor``
+(components/tasks/detection.py) reads it into the same rows as in-process ``predict``.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.yolo.inference import detection_dicts
 from models.yolo.postprocess import decode_predictions
 
 COLUMNS = ("xmin", "ymin", "xmax", "ymax", "score", "class")
@@ -62,24 +62,3 @@ def decoding_model(model, anchors, num_classes: int, image_size, *, iou_threshol
     out = DecodeDetections(anchors, num_classes, image_size, iou_threshold=iou_threshold,
                            max_detections=max_detections, name="detections")(model(inp))
     return keras.Model(inp, out, name=f"{model.name}_detections")
-
-
-def served_rows(packed, keys, classes, image_size, *, score_threshold: float, max_boxes: int | None = None,
-                threshold_source: str | None = None, **_) -> list[dict]:
-    """The detection task's ``predict`` rows from a server's packed answer: boxes scoring at least
-    ``score_threshold`` (at most ``max_boxes``), and ``best_score`` when none is kept."""
-    packed = np.asarray(packed, np.float32).reshape(len(keys), -1, 6)
-    h, w = image_size
-    rows = []
-    for key, dets in zip(keys, packed):
-        dets = dets[dets[:, 5] >= 0]
-        best = float(dets[0, 4]) if len(dets) else 0.0
-        kept = dets[dets[:, 4] >= score_threshold][:max_boxes or None]
-        row = {"key": key, "width": int(w), "height": int(h),
-               "detections": detection_dicts(kept[:, :4], kept[:, 4], kept[:, 5].astype(np.int64), list(classes))}
-        if threshold_source:
-            row["score_threshold"], row["threshold_source"] = score_threshold, threshold_source
-        if not row["detections"]:
-            row["best_score"] = round(best, 5)
-        rows.append(row)
-    return rows

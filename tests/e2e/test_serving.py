@@ -6,7 +6,8 @@ pipeline serve models:/signs@champion` (one server for the module): `request` pr
 dtype, out-of-range pixels, not JSON, no Content-Type, an empty batch, a 50 MB body) get a 4xx
 with a message and the server keeps answering (the compact Parquet wire format too), and SIGTERM stops the command and its server's
 whole process group. An untrained detector, served the way the Pusher registers it, answers
-what in-process inference gives: its boxes after NMS, decoded by the served model."""
+what in-process inference gives: its boxes after NMS, decoded by the served model; an untrained
+face model answers the encodings of in-process inference, and `request` the rows of `predict`."""
 from __future__ import annotations
 
 import json
@@ -211,9 +212,67 @@ def _untrained(tmp_path, task):
     return tmp_path / task
 
 
-# A face model goes through the same path as the classifier (its served model is its network; the
-# task's own predictor reads the server's encodings): the detector is the one with a served model
-# of its own, so it is the one served here (each server costs ~10-30 s on 2 shared cores).
+def _face_model(d):
+    """A small untrained face (embedding) model saved as a Trainer's model: 32x32 uint8 images ->
+    8 raw numbers, embedded over two views (the image and its mirror) as its model_info says."""
+    import keras
+
+    from components.artifacts import Model, ModelInfo
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((32, 32, 3), dtype="uint8", name="image")
+    x = keras.layers.Conv2D(6, 3, activation="relu")(keras.layers.Rescaling(1 / 255.0)(inp))
+    out = keras.layers.Dense(8)(keras.layers.GlobalAveragePooling2D()(x))
+    info = ModelInfo(model="facenet_small", task="embedding", classes=["ann", "bob"], image_size=[32, 32],
+                     threshold=0.9, threshold_source="train", threshold_accuracy=0.5, threshold_roc_auc=0.5,
+                     flip_embeddings=True, tta_scales=[1.0], embedding_dim=8)
+    (d / "face").mkdir()
+    Model.save(d / "face", keras.Model(inp, out), info, {})
+    return d / "face"
+
+
+@pytest.fixture(scope="module")
+def face_server(tmp_path_factory):
+    """(Model artifact, its scoring server), started here and waited for in its test."""
+    from components.artifacts import Model
+    from components.serving import Server, save_mlflow_model
+
+    d = tmp_path_factory.mktemp("face")
+    art = Model.load(_face_model(d))
+    server = Server(save_mlflow_model(art, d / "mlflow_model"), log_path=d / "server.log").start()
+    yield art, server
+    server.stop()
+
+
+def test_a_face_model_serves_the_encodings_of_in_process_inference(served, face_server):
+    """The face task's served model is its network: the server answers its raw encodings, and the
+    task's own predictor, the model answering from the server (both views: the image and its
+    mirror), gives the rows `predict` gives in-process."""
+    from components.predict import predict_images
+    from components.serving import Client, request_rows, served_keras_model
+
+    art, server = face_server
+    server.wait_ready()
+    images = served[5]
+    batch = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BILINEAR)) for p in images])
+    for wire in ("json", "parquet"):
+        got = Client(server.url).predict(batch, wire=wire)
+        assert got.shape == (3, 8)
+        np.testing.assert_allclose(got, np.asarray(served_keras_model(art).predict_on_batch(batch)), atol=1e-4)
+    _, remote = request_rows(server.url, images)
+    _, local = predict_images(str(art.path), images)
+    assert len(remote) == len(local) == 3
+    for r, lo in zip(remote, local):
+        assert r.keys() == lo.keys() and r["embedding_dim"] == lo["embedding_dim"] == 8, (r.keys(), lo.keys())
+        np.testing.assert_allclose(r["embedding"], lo["embedding"], atol=1e-4)
+        assert abs(r["norm"] - lo["norm"]) < 1e-4
+    code, out = _cli("request", server.url, images[0])
+    assert code == 0 and out.startswith(f"{images[0]}: embedding of 8 numbers, norm {remote[0]['norm']:.4f}"), out
+
+
+# The detector is the task whose served model is not its network (it serves its decoded boxes):
+# its served_predictor reads that layout into the rows of its in-process predictor (each server
+# costs ~10-30 s on 2 shared cores).
 def test_a_detector_answers_boxes_after_nms_as_in_process_inference(served, detector, tmp_path):
     from components.predict import predict_images
     from components.serving import Client, request_rows, served_keras_model
