@@ -213,8 +213,42 @@ class _RecordLoader:
         label = rec.label
         example = encode_example(img, rec.key, sha, label=label, label_name=rec.label_name, identity=rec.identity,
                                  boxes_norm=boxes, box_labels=rec.box_labels, box_names=rec.box_names)
-        yield "ok", (sha, {"split": split, "key": rec.key, "label": label, "example": example,
-                           "size": [oh, ow], "boxes": 0 if boxes is None else int(len(boxes))})
+        yield "ok", (sha, {"split": split, "key": rec.key, "label": label, "size": [oh, ow],
+                           "boxes": 0 if boxes is None else int(len(boxes))}, example)
+
+    def process_batch(self, batch, spill_dir: str, num_shards: int):
+        """One batch ``(index, refs)`` -> ``(shard, rows)`` per shard that got rows. The encoded
+        records go to spill files ``b<index>-<split>.tfrecord`` (TFRecord-framed, in key order,
+        each written to a temporary name and renamed: a retried bundle rewrites the same bytes);
+        only small rows (``("ok", (sha, record's fields + its spill location))`` and the report
+        rows) go on through the shuffle, so no image is pickled between processes."""
+        from components.beam_engine import write_atomic
+        from data.tfrecord import frame_record
+
+        index, refs = batch
+        rows: dict[int, list] = {}
+        by_split: dict[str, list] = {}
+        for ref in refs:
+            for tag, value in self.process(ref):
+                if tag == "ok":
+                    by_split.setdefault(value[1]["split"], []).append(value)
+                else:
+                    rows.setdefault(0, []).append(({"issue": "issues", "miss": "misses"}.get(tag, tag), value))
+        for split, recs in sorted(by_split.items()):
+            recs.sort(key=lambda v: v[1]["key"])  # stable: the writer's order, so its copies merge into runs
+            name = f"b{index:06d}-{split}.tfrecord"
+            offset, framed = 0, []
+            for sha, rec, example in recs:
+                framed.append(frame_record(example))
+                rec["loc"] = [name, offset, len(framed[-1])]
+                offset += len(framed[-1])
+                rows.setdefault(shard_of(sha, num_shards), []).append(("ok", (sha, rec)))
+            write_atomic(Path(spill_dir) / name, lambda f: f.write(b"".join(framed)), Path(spill_dir) / "tmp")
+        yield from sorted(rows.items())
+
+
+def _without_loc(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k != "loc"}
 
 
 def _resolve_duplicates(policy: str):
@@ -231,8 +265,9 @@ def _resolve_duplicates(policy: str):
         elif policy == "drop_leaks" and len(splits) > 1:
             first = recs[0]["split"]  # train before eval before test: train keeps its copies
             keep = [r for r in recs if r["split"] == first]
+        kept = [_without_loc(r) for r in keep]
         for r in recs:
-            if r not in keep:
+            if _without_loc(r) not in kept:
                 yield "dropped", {"key": r["key"], "split": r["split"], "sha256": sha}
         for r in keep:
             yield "keep", r
@@ -243,6 +278,18 @@ def shard_of(sha: str, num_shards: int) -> int:
     """The shard a record goes to, from its content hash: copies of one image share a shard, so
     each shard's writer resolves its duplicates alone (one GroupByKey for both jobs)."""
     return int(sha[:12], 16) % num_shards
+
+
+BATCH_MAX = 64  # refs a Load element: per-element engine costs shared by up to 64 images
+BATCH_MIN_COUNT = 64  # ... but at least this many elements, so every worker gets several
+
+
+def ref_batches(refs: list) -> list[tuple[int, list]]:
+    """The refs in key order, cut into numbered batches: Load's units of work (one spill file
+    per batch and split)."""
+    refs = sorted(refs, key=lambda r: r.key)
+    size = max(1, min(BATCH_MAX, -(-len(refs) // BATCH_MIN_COUNT)))
+    return [(i, refs[j:j + size]) for i, j in enumerate(range(0, len(refs), size))]
 
 
 _REPORT_TAGS = ("bad", "issues", "misses", "dups", "dropped", "summary")
@@ -260,12 +307,12 @@ class _ShardWriter:
         return Path(self.out) / split / f"data-{shard:05d}-of-{self.num_shards:05d}.tfrecord"
 
     def process(self, kv):
-        from components.beam_engine import write_atomic, write_tfrecord
+        from components.beam_engine import write_atomic
 
-        shard, rows = kv
+        shard, batches = kv
         part = {t: [] for t in _REPORT_TAGS}
         by_sha: dict[str, list] = {}
-        for tag, value in rows:
+        for tag, value in (row for rows in batches for row in rows):
             if tag == "ok":
                 by_sha.setdefault(value[0], []).append(value[1])
             else:
@@ -285,12 +332,38 @@ class _ShardWriter:
         for split, recs in keep_by_split.items():
             if recs:
                 recs.sort(key=lambda r: r["key"])
-                written[split] = write_tfrecord(self.shard_name(split, shard), (r["example"] for r in recs),
-                                                scratch / "tmp")
+                written[split] = self._copy_records(self.shard_name(split, shard), [r["loc"] for r in recs],
+                                                    scratch)
         part["written"] = written
         write_atomic(scratch / "parts" / f"part-{shard:05d}.json", lambda f: f.write(json.dumps(part).encode()),
                      scratch / "tmp")
         yield shard
+
+    @staticmethod
+    def _copy_records(path: Path, locs: list, scratch: Path) -> int:
+        """The framed records at ``locs`` ((spill file, offset, length), in order) into one
+        TFRecord file, atomically; consecutive records of one spill file are copied as one run
+        (without duplicates dropped, each spill file is copied whole)."""
+        from components.beam_engine import write_atomic
+
+        runs: list[list] = []
+        for name, offset, length in locs:
+            if runs and runs[-1][0] == name and runs[-1][1] + runs[-1][2] == offset:
+                runs[-1][2] += length
+            else:
+                runs.append([name, offset, length])
+
+        def write(f):
+            for name, offset, length in runs:
+                with open(scratch / "spill" / name, "rb") as src:
+                    src.seek(offset)
+                    data = src.read(length)
+                if len(data) != length:
+                    raise ComponentError(f"ExampleGen: spill file {name} is shorter than its records say")
+                f.write(data)
+
+        write_atomic(path, write, scratch / "tmp")
+        return len(locs)
 
 
 def _collect_parts(scratch: Path, total: int, runner: str) -> dict:
@@ -358,16 +431,14 @@ def run(ctx, inputs, params: ExampleGenParams):
     num_shards = params.num_shards
 
     class Load(beam.DoFn):
-        """One ref -> (shard, (tag, value)): every outcome, records and report rows alike, goes
+        """One batch of refs -> (shard, rows): every outcome, records and report rows alike, goes
         to one shard's writer (tags by hand: tagged outputs are not portable, see beam_engine)."""
 
         def __init__(self, body):
             self.body = body
 
-        def process(self, ref):
-            for tag, value in self.body.process(ref):
-                shard = shard_of(value[0], num_shards) if tag == "ok" else 0
-                yield shard, ({"issue": "issues", "miss": "misses"}.get(tag, tag), value)
+        def process(self, batch):
+            yield from self.body.process_batch(batch, spill_dir, num_shards)
 
     class Write(beam.DoFn):
         def __init__(self, body):
@@ -376,11 +447,12 @@ def run(ctx, inputs, params: ExampleGenParams):
         def process(self, kv):
             yield from self.body.process(kv)
 
+    spill_dir = str(scratch / "spill")
     body = _RecordLoader(info.loader, params.model_dump_json())
     writer = _ShardWriter(str(out), splits, num_shards, params.duplicates)
     with open_pipeline(ctx.beam, ctx.logger, who="ExampleGen") as p:
-        # Create reshuffles its refs: that is what spreads Load over the engine's workers
-        (p | "Refs" >> beam.Create(info.refs)
+        # Create reshuffles its elements: that is what spreads Load over the engine's workers
+        (p | "Refs" >> beam.Create(ref_batches(info.refs))
          | "Load" >> beam.ParDo(Load(body))
          | "ByShard" >> beam.GroupByKey()
          | "Write" >> beam.ParDo(Write(writer)))

@@ -14,6 +14,7 @@ TensorFlow Object Detection API so other tools can read the files.
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 
@@ -26,41 +27,95 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# ----------------------------------------------------------------------------- writing, without TensorFlow
+# ``tf.train.Example`` is written by hand (the few wire-format rules below) rather than with
+# TensorFlow's generated classes, so ExampleGen's worker processes never import TensorFlow (seconds
+# of CPU per process on a 2-core machine). Why not the ``protobuf`` package with the Example
+# messages defined here: its default descriptor pool already holds ``tensorflow.Example`` in any
+# process that also imported TensorFlow (a second definition must live in a separate pool and be
+# kept in step by hand anyway), and building message objects costs ~5x the few byte joins below.
+# The bytes equal ``tf.train.Example.SerializeToString(deterministic=True)`` (features sorted by
+# name; tests/data/test_tfrecord_codec.py checks this against TensorFlow for every feature kind).
+#
+#   Example  { Features features = 1; }            Features { map<string, Feature> feature = 1; }
+#   Feature  { oneof kind { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
+#   BytesList { repeated bytes value = 1; }  FloatList { repeated float value = 1 [packed]; }
+#   Int64List { repeated int64 value = 1 [packed]; }
+def _varint(n: int) -> bytes:
+    n &= 0xFFFFFFFFFFFFFFFF  # int64: a negative value is its two's complement (10 bytes)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2) with a one-byte tag (field numbers 1-15)."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(values) -> bytes:
+    return _field(0x0A, b"".join(_field(0x0A, v) for v in values))
+
+
+def _int64_feature(values) -> bytes:
+    return _field(0x1A, _field(0x0A, b"".join(_varint(int(v)) for v in values)) if len(values) else b"")
+
+
+def _float_feature(values) -> bytes:
+    arr = np.asarray(values, dtype="<f4").reshape(-1)
+    return _field(0x12, _field(0x0A, arr.tobytes()) if arr.size else b"")
+
+
+def serialize_example(features: dict[str, tuple[str, list]]) -> bytes:
+    """``{name: (kind, values)}`` with kind ``bytes``, ``int64`` or ``float`` -> a serialized
+    ``tf.train.Example`` (features in name order, as TensorFlow's deterministic serialization)."""
+    enc = {"bytes": _bytes_feature, "int64": _int64_feature, "float": _float_feature}
+    entries = b"".join(_field(0x0A, _field(0x0A, name.encode()) + _field(0x12, enc[kind](values)))
+                       for name, (kind, values) in sorted(features.items()))
+    return _field(0x0A, entries)
+
+
 def encode_example(image: np.ndarray, key: str, sha256: str, label: int | None = None,
                    label_name: str | None = None, identity: str | None = None,
                    boxes_norm: np.ndarray | None = None, box_labels=None, box_names=None) -> bytes:
-    import tensorflow as tf
-
-    def b(v):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=v))
-
-    def i(v):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=v))
-
-    def f(v):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=v))
-
+    """One image record as a serialized ``tf.train.Example`` (see the module's docstring)."""
     feats = {
-        "image/encoded": b([png_bytes(image)]),
-        "image/height": i([image.shape[0]]),
-        "image/width": i([image.shape[1]]),
-        "image/key": b([key.encode()]),
-        "image/sha256": b([sha256.encode()]),
+        "image/encoded": ("bytes", [png_bytes(image)]),
+        "image/height": ("int64", [image.shape[0]]),
+        "image/width": ("int64", [image.shape[1]]),
+        "image/key": ("bytes", [key.encode()]),
+        "image/sha256": ("bytes", [sha256.encode()]),
     }
     if label is not None:
-        feats["image/class/label"] = i([int(label)])
-        feats["image/class/text"] = b([(label_name or str(label)).encode()])
+        feats["image/class/label"] = ("int64", [int(label)])
+        feats["image/class/text"] = ("bytes", [(label_name or str(label)).encode()])
     if identity is not None:
-        feats["image/identity"] = b([identity.encode()])
+        feats["image/identity"] = ("bytes", [identity.encode()])
     if boxes_norm is not None:
         bx = np.asarray(boxes_norm, dtype=np.float32).reshape(-1, 4)
-        feats["image/object/bbox/xmin"] = f(bx[:, 0].tolist())
-        feats["image/object/bbox/ymin"] = f(bx[:, 1].tolist())
-        feats["image/object/bbox/xmax"] = f(bx[:, 2].tolist())
-        feats["image/object/bbox/ymax"] = f(bx[:, 3].tolist())
-        feats["image/object/class/label"] = i([int(x) for x in (box_labels if box_labels is not None else [])])
-        feats["image/object/class/text"] = b([n.encode() for n in (box_names or [])])
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+        for j, side in enumerate(("xmin", "ymin", "xmax", "ymax")):
+            feats[f"image/object/bbox/{side}"] = ("float", bx[:, j])
+        feats["image/object/class/label"] = ("int64", [int(x) for x in (box_labels if box_labels is not None else [])])
+        feats["image/object/class/text"] = ("bytes", [n.encode() for n in (box_names or [])])
+    return serialize_example(feats)
+
+
+def _masked_crc(data: bytes) -> int:
+    """TFRecord's masked crc32c of ``data``."""
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_record(data: bytes) -> bytes:
+    """One TFRecord: uint64 length, masked crc32c of the length, the data, masked crc32c of the
+    data (little endian), as ``tf.io.TFRecordWriter`` writes it (no compression)."""
+    head = struct.pack("<Q", len(data))
+    return head + struct.pack("<I", _masked_crc(head)) + data + struct.pack("<I", _masked_crc(data))
 
 
 def decode_example_py(serialized: bytes) -> dict:
