@@ -1,21 +1,27 @@
-"""The DAG runner's parallel mode (`run --jobs N`, N > 1): a scheduler, and the worker process
-that executes one component.
+"""The DAG runner's parallel mode (`run --jobs N`, N > 1): a scheduler, and the worker processes
+that execute the components.
 
 The scheduler starts every selected component whose upstream components are all done or
 cached, as soon as a slot is free: at most ``jobs`` at once, at most ``max_parallel_trainers``
 Trainers among them (each Trainer uses every core). A cache hit is recorded at once and takes
 no slot. A failure skips its downstream only; independent branches go on.
 
-Each executed component runs in a fresh interpreter (`worker_main`, started with ``python -c``;
-never a fork: TensorFlow and Keras keep global state, and Beam's DoFns hold the GIL, so threads
-would not run in parallel either):
+Each executed component runs in a worker interpreter of a small warm pool (`worker_main`,
+started with ``python -c``; never a fork: TensorFlow and Keras keep global state, and Beam's
+DoFns hold the GIL, so threads would not run in parallel either). A worker imports TensorFlow,
+Beam and MLflow once, then executes one component after another, as the in-process runner does
+(`--jobs 1`): a fresh interpreter per component cost seconds of imports and warm-up each.
 
 * the parent records the execution, opens its temporary folder and its MLflow child run (the
-  Runner's record methods, the same as in process) and hands the worker a JSON job on stdin;
+  Runner's record methods, the same as in process) and hands an idle worker a JSON job (a line
+  on its stdin);
 * the worker calls `execute_component` into that folder exactly as the in-process runner does,
-  logging to the component's log file (its stdout and stderr go there too) and to that MLflow
-  run, and writes its result (metrics, or the error and its traceback) next to the log;
-* the parent commits the folder, records the outcome and ends the MLflow run.
+  logging to the component's log file (its stdout and stderr go there too while the job runs)
+  and to that MLflow run, detaches from the run without ending it, and writes its result
+  (metrics, or the error and its traceback) next to the log;
+* the parent commits the folder, records the outcome, ends the MLflow run, and the worker is
+  idle again. A worker that dies is replaced by a new one for the next job. The pool is killed
+  when the run ends.
 
 Kill-safety. The parent owns the execution records (its pid), so after a SIGKILL of `run` the
 next `run`/`list` marks them killed and ends their MLflow runs as always; each worker asks the
@@ -67,6 +73,7 @@ class Scheduler:
         cfg = runner.pipeline.config
         self.jobs, self.max_trainers = cfg.jobs, cfg.max_parallel_trainers
         self.running: dict[str, _Worker] = {}
+        self.idle: list[subprocess.Popen] = []  # warm workers waiting for a job
         self.waiting: set[str] = set()  # ready, but another process holds their cache key
 
     def run(self) -> None:
@@ -78,7 +85,7 @@ class Scheduler:
             while pending or self.running:
                 if self.gate.requested:
                     raise KeyboardInterrupt
-                for w in [w for w in self.running.values() if w.proc.poll() is not None]:
+                for w in [w for w in self.running.values() if w.result_path.exists() or w.proc.poll() is not None]:
                     self._finish(w)
                 pending = self._start_ready(pending)
                 if pending and not self.running and not self.waiting:  # every slot free, nothing ready
@@ -88,6 +95,8 @@ class Scheduler:
         except BaseException:
             self._stop_all()
             raise
+        finally:
+            self._close_pool()
 
     # -- scheduling ------------------------------------------------------------------------
     def _start_ready(self, pending: list[str]) -> list[str]:
@@ -142,11 +151,7 @@ class Scheduler:
                     "tmp": str(job.tmp), "work_dir": str(job.work_dir), "log_path": str(job.log_path),
                     "result_path": str(result_path), "mlflow_run_id": getattr(tr, "run_id", None),
                     "verbose": r.verbose, "kwargs": {**r._component_kwargs(job), "show_progress": False}}
-            path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-            with open(job.log_path, "ab") as log:
-                proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(os.getpid())], stdin=subprocess.PIPE,
-                                        stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": path},
-                                        start_new_session=True)
+            proc = self._worker_process()
         except Exception as e:  # noqa: BLE001 - recorded as the execution's failure, as in process
             if tr is not None:
                 self.tracking.close_child(tr.run_id, "FAILED")
@@ -156,10 +161,30 @@ class Scheduler:
         self.running[job.cid] = _Worker(job, proc, tr, logger, result_path)
         logger.info("started (worker process %d)", proc.pid)
         try:
-            proc.stdin.write(json.dumps(spec).encode())
-            proc.stdin.close()
-        except OSError:  # the worker died at once: _finish says how
+            proc.stdin.write(json.dumps(spec).encode() + b"\n")
+            proc.stdin.flush()
+        except OSError:  # the worker died: _finish says how
             pass
+
+    def _worker_process(self) -> subprocess.Popen:
+        """An idle warm worker, or a new one (its imports then run while it starts its job)."""
+        while self.idle:
+            proc = self.idle.pop()
+            if proc.poll() is None:
+                return proc
+        path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+        # between jobs a worker's own output (its start-up, a crash outside a job) goes to one file
+        with open(self.runner.store.log_path(self.run_id, "workers"), "ab") as log:
+            return subprocess.Popen([sys.executable, "-c", _WORKER, str(os.getpid())], stdin=subprocess.PIPE,
+                                    stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": path},
+                                    start_new_session=True)
+
+    def _close_pool(self) -> None:
+        """The run is over: the idle workers hold nothing, they are killed."""
+        for proc in self.idle:
+            _kill_group(proc)
+            proc.wait()
+        self.idle.clear()
 
     def _finish(self, w: _Worker) -> None:
         """A worker exited: commit and record its execution, or record its failure."""
@@ -187,6 +212,8 @@ class Scheduler:
         finally:
             _close(w.logger)
             del self.running[job.cid]
+            if w.proc.poll() is None:
+                self.idle.append(w.proc)
             if self.view:
                 self.view.update()
 
@@ -194,10 +221,7 @@ class Scheduler:
         """Ctrl-C (or an error in the scheduler): kill every worker's process group, then record
         each execution killed and end its MLflow run KILLED."""
         for w in self.running.values():
-            try:
-                os.killpg(w.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_group(w.proc)
         for w in list(self.running.values()):
             w.proc.wait()
             if w.tracker is not None:
@@ -208,6 +232,13 @@ class Scheduler:
         self.running.clear()
         if self.view:
             self.view.update()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _close(logger) -> None:
@@ -233,26 +264,61 @@ def _died(returncode: int) -> str:
 
 # -- the worker process --------------------------------------------------------------------
 def worker_main() -> None:
-    """``python -c "...worker_main()" PARENT_PID``, the job as JSON on stdin (see the module
-    docstring). Always exits 0 after writing its result; the parent reads a crash from the
-    missing result and the exit status."""
+    """``python -c "...worker_main()" PARENT_PID``; jobs as JSON lines on stdin (see the module
+    docstring), one after another until stdin closes or the parent kills it. Each job's result is
+    written whole or not at all; the parent reads a crash from the missing result and the exit
+    status."""
     _die_with_parent(int(sys.argv[1]))
-    spec = json.loads(sys.stdin.read())
     import pipeline.cli_common as common
 
-    common.VERBOSE = spec["verbose"]
-    common.quiet_libraries()  # the C++ runtime's start-up lines stay out of the component's log
+    common.quiet_libraries()  # the C++ runtime's start-up lines stay out of the logs
+    import apache_beam  # noqa: F401 - the warm-up: what nearly every component imports
+    import mlflow  # noqa: F401
+    import tensorflow  # noqa: F401
+
+    from pipeline.execute import component_logger  # noqa: F401
+    idle_out = os.open(os.devnull, os.O_WRONLY)
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        spec = json.loads(line)
+        _redirect_output(os.open(spec["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        out = _run_job(spec)
+        result_path = Path(spec["result_path"])
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out))
+        _redirect_output(os.dup(idle_out))
+        tmp.replace(result_path)  # whole or absent: a worker killed while writing leaves no result
+    # No interpreter teardown: it takes seconds after TensorFlow, and MLflow's atexit hook would
+    # end runs that the parent ends with the status it saw.
+    os._exit(0)
+
+
+def _redirect_output(fd: int) -> None:
+    """This process's stdout and stderr (the C++ runtime's lines too) to ``fd``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _run_job(spec: dict) -> dict:
+    import pipeline.cli_common as common
     from components.registry import get_spec
     from pipeline.execute import close_logger, component_logger, error_text, execute_component
 
+    common.VERBOSE = spec["verbose"]
     kwargs = spec["kwargs"]
     logger = component_logger(Path(spec["log_path"]), kwargs["component_id"])
+    attached = False
     try:
         tracker = None
         if spec["mlflow_run_id"]:
             from pipeline.tracking import attach_run
 
-            tracker = attach_run(kwargs["tracking_uri"], spec["mlflow_run_id"])
+            tracker, attached = attach_run(kwargs["tracking_uri"], spec["mlflow_run_id"]), True
         params = get_spec(spec["type"]).params.model_validate(spec["params"])
         result = execute_component(spec["type"], params, {n: Path(p) for n, p in spec["inputs"].items()},
                                    Path(spec["tmp"]), work_dir=Path(spec["work_dir"]), logger=logger,
@@ -260,16 +326,13 @@ def worker_main() -> None:
         out = {"ok": True, "metrics": {k: v for k, v in (result or {}).items() if isinstance(v, (int, float))}}
     except BaseException as e:  # noqa: BLE001 - the parent records it
         out = {"ok": False, "error": error_text(e), "traceback": traceback.format_exc()}
-    close_logger(logger)
-    result_path = Path(spec["result_path"])
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out))
-    tmp.replace(result_path)  # whole or absent: a worker killed while writing leaves no result
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # No interpreter teardown: it takes seconds after TensorFlow, and MLflow's atexit hook would
-    # end the run that the parent ends with the status it saw.
-    os._exit(0)
+    finally:
+        close_logger(logger)
+        if attached:
+            from pipeline.tracking import detach_run
+
+            detach_run()
+    return out
 
 
 def _die_with_parent(parent: int) -> None:

@@ -152,6 +152,15 @@ def attach_run(uri: str, run_id: str) -> MlflowTracker:
     return MlflowTracker(run_id)
 
 
+def detach_run() -> None:
+    """A parallel worker is done with the run `attach_run` made active: it stops being this
+    process's active run, still RUNNING (MLflow has no detach: ``end_run`` with the status
+    RUNNING), so the next job starts clean; the parent then ends it with its real status."""
+    import mlflow
+
+    mlflow.end_run(status="RUNNING")
+
+
 def end_dead_runs(uri: str, run_ids: list[str]) -> int:
     """End as KILLED the MLflow runs (children and parents of executions whose process died)
     that are still RUNNING. Returns how many it ended."""

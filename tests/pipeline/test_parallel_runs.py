@@ -93,6 +93,11 @@ def test_jobs_2_runs_branches_at_once_with_the_cache_keys_of_jobs_1(project):
     # each execution committed its folder with the metadata of an in-process run
     assert all((root / c / e["cache_key"] / "metadata.json").exists() for c, e in ex.items())
     assert not list(root.glob("*/.tmp-*")) and not list(root.glob("logs/*/.*.result.json"))
+    # a warm pool: two worker processes (--jobs 2) executed the 7 components between them
+    import re
+
+    pids = {m for c in ex for m in re.findall(r"started \(worker process (\d+)\)", (root / "logs" / rid / f"{c}.log").read_text())}
+    assert 1 <= len(pids) <= 2, pids
 
     r = cli("run", str(y), "--quiet", "--jobs", "1", cwd=d)  # in process: everything is a cache hit
     again = executions(root, last_run_id(r.stdout))
