@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DATASETS, RESULTS_DIR, median_time, write_result
+from benchmarks.common import DATASETS, RESULTS_DIR, dataset_overrides, median_time, write_result
 
 
 def _load_split(root, size: int, face_crop: float | None = None):
@@ -106,7 +106,8 @@ def _pipeline_seeds(args) -> dict:
     from pipeline.config import load_pipeline
     from pipeline.runner import Runner
 
-    pipe = load_pipeline(args.pipeline_config)
+    data = dataset_overrides(args.pipeline_config)  # ../datasets/... -> DATASETS without datasets/
+    pipe = load_pipeline(args.pipeline_config, overrides=data)
     trainers = [c for c in pipe.order if pipe.components[c].type == "Trainer"]
     evaluators = [c for c in pipe.order if pipe.components[c].type == "Evaluator"]
     if len(trainers) != 1 or len(evaluators) != 1:
@@ -115,7 +116,7 @@ def _pipeline_seeds(args) -> dict:
     tr, ev = trainers[0], evaluators[0]
     runs = []
     for seed in args.seeds:
-        pipe = load_pipeline(args.pipeline_config, overrides=[f"{tr}.seed={seed}"])
+        pipe = load_pipeline(args.pipeline_config, overrides=[*data, f"{tr}.seed={seed}"])
         t0 = time.perf_counter()
         res = Runner(pipe, show_progress=False, tracking=False).run(to=ev)
         if not res.ok:

@@ -21,17 +21,27 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import DATASETS, PROJECT_ROOT, RESULTS_DIR, write_result
+from benchmarks.common import PROJECT_ROOT, RESULTS_DIR, resolve_dataset, write_result
+
+CONFIGS = PROJECT_ROOT / "configs"
+
+
+def _source_path(config: str) -> Path:
+    """The data folder of a config's ExampleGen (its ../datasets/... read from DATASETS when the
+    project has no datasets/ folder)."""
+    data = yaml.safe_load((CONFIGS / config).read_text())
+    src = next(c["params"]["source"] for c in data["components"].values() if c.get("type") == "ExampleGen")
+    return resolve_dataset(src["path"], CONFIGS)
 
 
 def _prepare(config: str, work: Path) -> Path:
-    data = yaml.safe_load((PROJECT_ROOT / "configs" / config).read_text())
+    data = yaml.safe_load((CONFIGS / config).read_text())
     data["root"] = str(work / "root")
     data["tracking"]["uri"] = f"sqlite:///{work / 'mlflow.db'}"
     for comp in data["components"].values():
         src = comp.get("params", {}).get("source")
         if src and src.get("path"):
-            src["path"] = str((PROJECT_ROOT / "configs" / src["path"]).resolve())
+            src["path"] = str(resolve_dataset(src["path"], CONFIGS))
     out = work / config
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
@@ -76,8 +86,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--digits", action="store_true", help="also run configs/sign_digits.yaml")
     ap.add_argument("--epochs", type=int, help="override the SIGNS Trainer's epochs")
     args = ap.parse_args(argv)
-    if not (DATASETS / "signs_64x64_jpg").exists():
-        print(f"skipped: {DATASETS / 'signs_64x64_jpg'} not found")
+    data = _source_path("resnet_signs.yaml")
+    if not data.exists():
+        print(f"skipped: {data} not found")
         return {}
     work = Path(tempfile.mkdtemp(prefix="bench_resnet_"))
     result: dict = {"load_average_before": os.getloadavg()}

@@ -12,7 +12,55 @@ from typing import Any, Callable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
+DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"  # the developers' copy of the real datasets
+# where the shipped configs (configs/*.yaml: `../datasets/...`) expect a user's downloaded data
+PROJECT_DATASETS = PROJECT_ROOT / "datasets"
+
+
+def resolve_dataset(path: str | Path, base: str | Path) -> Path:
+    """A config's data path (relative to ``base``, the config's folder) made absolute. A path
+    into the project's ``datasets/`` folder is read from ``DATASETS`` instead when that folder
+    is absent (developers have the data there, not in the repository)."""
+    p = Path(path).expanduser()
+    p = Path(os.path.normpath(p if p.is_absolute() else Path(base).resolve() / p))
+    if not PROJECT_DATASETS.exists() and p.is_relative_to(PROJECT_DATASETS):
+        return DATASETS / p.relative_to(PROJECT_DATASETS)
+    return p
+
+
+def dataset_overrides(config_path: str | Path) -> list[str]:
+    """`--set` overrides (for ``python -m pipeline run --set`` or ``load_pipeline(overrides=)``)
+    that point every ``../datasets/...`` path of a config's component params at ``DATASETS``
+    when the project's ``datasets/`` folder is absent; [] when there is nothing to redirect."""
+    import yaml
+
+    config_path = Path(config_path)
+    base = config_path.resolve().parent
+    cfg = yaml.safe_load(config_path.read_text()) or {}
+
+    def moved(v: str) -> str | None:
+        if not v or "/" not in v or "://" in v or v.startswith("builtin:"):
+            return None
+        p = Path(v).expanduser()
+        plain = Path(os.path.normpath(p if p.is_absolute() else base / p))
+        new = resolve_dataset(v, base)
+        return str(new) if new != plain else None
+
+    out: list[str] = []
+
+    def walk(v, key: str) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(x, f"{key}.{k}")
+        elif isinstance(v, str) and (new := moved(v)):
+            out.append(f"{key}={json.dumps(new)}")
+        elif isinstance(v, list) and any(isinstance(x, str) and moved(x) for x in v):
+            out.append(f"{key}={json.dumps([moved(x) or x if isinstance(x, str) else x for x in v])}")
+
+    for cid, comp in (cfg.get("components") or {}).items():
+        if isinstance(comp, dict) and isinstance(comp.get("params"), dict):
+            walk(comp["params"], f"components.{cid}.params")
+    return out
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> tuple[float, list[float]]:

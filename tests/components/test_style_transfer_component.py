@@ -183,13 +183,16 @@ def test_builtin_images(tmp_path):
         style_images.builtin_path("builtin:mona_lisa", tmp_path)
 
 
-def test_default_pipeline_has_a_short_style_transfer():
+def test_default_pipeline_has_a_short_style_transfer(tmp_path):
     from pipeline.config import load_pipeline
+    from tests.pipeline.test_config import config_with_datasets
 
     root = Path(__file__).resolve().parents[2]
     comp = load_pipeline(root / "pipeline.yaml").components["style_transfer"]
     assert comp.type == "StyleTransfer" and comp.params.iterations <= 50
     assert comp.params.content.startswith("builtin:") and comp.params.style.startswith("builtin:")
-    cfg = load_pipeline(root / "configs" / "style_louvre_monet.yaml").components["louvre_monet"].params
+    # the course's images, read from datasets/ as a user has them (skipped without the data)
+    config = config_with_datasets(root / "configs" / "style_louvre_monet.yaml", tmp_path)
+    cfg = load_pipeline(config).components["louvre_monet"].params
     assert cfg.iterations == 200 and cfg.size == "400x300"
     assert cfg.content.endswith("nst_images/classic/louvre_small.jpg") and Path(cfg.content).is_absolute()
