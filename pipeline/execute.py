@@ -38,6 +38,12 @@ def resolve_external(type_name: str, params, tracking_uri: str, input_fps: dict[
 
 def error_text(e: BaseException) -> str:
     """A failure as its one console line: a ComponentError's message, anything else with its type."""
+    from components.distribution import NotChief
+
+    if isinstance(e, NotChief):  # a multi_worker Trainer on a non-chief machine: no artifact here
+        return (f"{e.message}; in `pipeline run` only the chief has the Trainer's artifact for the components "
+                "downstream: run a multi_worker Trainer with `python -m pipeline component Trainer` on each "
+                "machine (README: Distributed training)")
     return str(e) if isinstance(e, ComponentError) else f"{type(e).__name__}: {e}"
 
 

@@ -274,9 +274,7 @@ class Runner:
             from components.distribution import NotChief
 
             if isinstance(e, NotChief):  # a multi_worker Trainer on a non-chief machine: no artifact here
-                self._failed(job, f"{e.message}; in `pipeline run` only the chief has the Trainer's artifact for "
-                                  "the components downstream: run a multi_worker Trainer with `python -m pipeline "
-                                  "component Trainer` on each machine (README: Distributed training)", "", logger)
+                self._failed(job, error_text(e), "", logger)
             elif isinstance(e, (KeyboardInterrupt, SystemExit)) or InterruptGate.requested:  # (or a library's
                 # exception raised by the interruption)
                 self._killed(job, logger)
