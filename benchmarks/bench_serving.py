@@ -11,17 +11,22 @@ with one column of raw image bytes: ``components.serving.encode_batch_parquet``)
 level (``--concurrency 1,4,8``; ``--requests`` each, ``--batch`` images per request, request bodies
 encoded once beforehand so the client's encoding is not timed):
 latency p50/p99, requests/s, images/s, errors (target 0) and the server's RSS (its process tree,
-sampled while loaded). Then at ``--ratio-batch`` (32) images per request, one client: served
-images/s against in-process ``predict`` images/s on the same batches (the Keras model, as
-``python -m pipeline predict`` runs it; target ratio >= 0.5), and the client's encoding cost per
-batch on its own. ``os.getloadavg()`` before and after (other jobs share the machine: it waits up
-to ``--wait-load`` seconds for the 1-minute load to drop under ``--max-load`` first).
+sampled while loaded). Then at ``--ratio-batch`` (32) images per request: served images/s against
+in-process ``predict`` images/s (the Keras model, as ``python -m pipeline predict`` runs it; target
+ratio >= 0.5), both measured the same way: the same uint8 batches, ``--ratio-requests`` of them per
+round, one caller (one client connection / one thread) and then two, ``--ratio-rounds`` rounds
+alternating between the sides so both see the same machine, medians over the rounds. Also the
+served folder's pyfunc model called in this process (the server's model without the server), and
+the client's encoding cost per batch on its own (request bodies are encoded beforehand, as in the
+load test). ``os.getloadavg()`` before and after (other jobs share the machine: it waits up to
+``--wait-load`` seconds for the 1-minute load to drop under ``--max-load`` first).
 Results: benchmarks/results/serving.json.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -105,6 +110,32 @@ def load_level(url: str, bodies: list[bytes], requests: int, concurrency: int, b
             "server_rss_mb_max": round(max(rss) / 2**20, 1), "server_rss_mb_end": round(rss[-1] / 2**20, 1)}
 
 
+def local_level(predict, batches, requests: int, concurrency: int) -> dict:
+    """In-process counterpart of ``load_level``: ``requests`` calls of ``predict`` on the same
+    batches, spread over ``concurrency`` threads."""
+    lock = threading.Lock()
+    next_i = [0]
+
+    def worker():
+        while True:
+            with lock:
+                i = next_i[0]
+                next_i[0] += 1
+            if i >= requests:
+                break
+            predict(batches[i % len(batches)])
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"concurrency": concurrency, "requests": requests, "seconds": round(wall, 3),
+            "images_per_s": round(requests * len(batches[0]) / wall, 1)}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a models:/ URI (default: train a demo SIGNS CNN here)")
@@ -114,7 +145,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--concurrency", default="1,4,8", help="client threads, comma-separated levels")
     parser.add_argument("--batch", type=int, default=1, help="images per request in the load test")
     parser.add_argument("--ratio-batch", type=int, default=32, help="images per request for the served/in-process ratio")
-    parser.add_argument("--ratio-requests", type=int, default=30, help="requests (and in-process batches) for the ratio")
+    parser.add_argument("--ratio-requests", type=int, default=200,
+                        help="requests (and in-process batches) per round for the ratio")
+    parser.add_argument("--ratio-rounds", type=int, default=3, help="alternating served/in-process rounds")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers")
     parser.add_argument("--max-load", type=float, default=3.0, help="wait until the 1-minute load is under this")
     parser.add_argument("--wait-load", type=float, default=300.0, help="seconds to wait for it at most")
@@ -165,49 +198,90 @@ def main(argv=None) -> dict:
                           f"{r['requests_per_s']} requests/s, {r['images_per_s']} images/s, {r['errors']} errors, "
                           f"RSS {r['server_rss_mb_max']} MB")
 
-            # served vs in-process at the same batch size
+            # served vs in-process at the same batch size, measured the same way: the same uint8
+            # batches, the same number of them per round, one (then two) callers, rounds alternating
+            # between the two sides so both see the same machine; medians over the rounds
             b = args.ratio_batch
             batches = [pool[(i * b) % 256:][:b] if (i * b) % 256 + b <= 256 else pool[:b] for i in range(8)]
-            served, encode_ms = {}, {}
+            encode_ms = {}
+            big = {}
             for wire, encode, ctype in WIRES:
-                big = [encode(x) for x in batches]
+                big[wire] = [encode(x) for x in batches]
                 t = time.perf_counter()
                 for x in batches:
                     encode(x)
                 encode_ms[wire] = round((time.perf_counter() - t) / len(batches) * 1000, 2)
-                load_level(server.url, big, 3, 1, b, server, ctype)  # warm-up at this batch size
-                served[wire] = load_level(server.url, big, args.ratio_requests, 1, b, server, ctype)
+                load_level(server.url, big[wire], 3, 1, b, server, ctype)  # warm-up at this batch size
+
+            import keras
+
+            from models.preprocessing import load_model
+
+            if args.model:
+                from components.model_uri import load_model_and_info
+
+                model = load_model_and_info(args.model, args.tracking_uri)[0]
+            else:
+                model = load_model(art.keras_path)
+            import mlflow
+
+            pyfunc = mlflow.pyfunc.load_model(str(folder))  # what the server runs, here in-process
+            for x in batches[:2]:
+                model.predict_on_batch(x)  # warm-up
+                pyfunc.predict(x)
+            n = args.ratio_requests
+            load_at_ratio = os.getloadavg()
+            rounds: dict[str, list] = {}
+            for _ in range(args.ratio_rounds):
+                for c in (1, 2):
+                    rounds.setdefault(f"in_process_{c}", []).append(
+                        local_level(model.predict_on_batch, batches, n, c))
+                    rounds.setdefault(f"parquet_{c}", []).append(
+                        load_level(server.url, big["parquet"], n, c, b, server, PARQUET))
+                rounds.setdefault("pyfunc_1", []).append(local_level(pyfunc.predict, batches, n, 1))
+            # JSON is ~100x slower: one round of fewer requests
+            rounds["json_1"] = [load_level(server.url, big["json"], max(5, n // 10), 1, b, server, "application/json")]
             result["server"]["rss_mb_end"] = round(server.rss_bytes() / 2**20, 1)
 
-        import keras
+        def median_ips(runs):
+            return round(statistics.median(r["images_per_s"] for r in runs), 1)
 
-        from models.preprocessing import load_model
+        def served(key, local_ips):
+            runs = rounds[key]
+            ips = median_ips(runs)
+            return {"served_images_per_s": ips, "rounds_images_per_s": [r["images_per_s"] for r in runs],
+                    "served_p50_ms": round(statistics.median(r.get("p50_ms", float("nan")) for r in runs), 2),
+                    "errors": sum(r["errors"] for r in runs), "served_over_in_process": round(ips / local_ips, 3)}
 
-        if args.model:
-            from components.model_uri import load_model_and_info
-
-            model = load_model_and_info(args.model, args.tracking_uri)[0]
-        else:
-            model = load_model(art.keras_path)
-        for x in batches[:2]:
-            model.predict_on_batch(x)  # warm-up
-        t = time.perf_counter()
-        for i in range(args.ratio_requests):
-            model.predict_on_batch(batches[i % len(batches)])
-        local_ips = args.ratio_requests * b / (time.perf_counter() - t)
-        result["ratio"] = {"batch": b, "target": 0.5, "in_process_images_per_s": round(local_ips, 1),
-                           "in_process": f"keras {keras.__version__} predict_on_batch of the model `predict` loads",
-                           "client_encode_ms_per_batch": encode_ms}
-        for wire, r in served.items():
-            result["ratio"][wire] = {"served_images_per_s": r["images_per_s"], "served_p50_ms": r.get("p50_ms"),
-                                     "errors": r["errors"],
-                                     "served_over_in_process": round(r["images_per_s"] / local_ips, 3)}
-            print(f"batch {b} {wire}: served {r['images_per_s']} images/s, in-process {local_ips:.1f} images/s, ratio "
-                  f"{result['ratio'][wire]['served_over_in_process']} (target >= 0.5); client encoding "
-                  f"{encode_ms[wire]} ms/batch")
+        local_1, local_2 = median_ips(rounds["in_process_1"]), median_ips(rounds["in_process_2"])
+        result["ratio"] = {
+            "batch": b, "target": 0.5, "rounds": args.ratio_rounds, "requests_per_round": n,
+            "load_at_start": load_at_ratio,
+            "in_process": f"keras {keras.__version__} predict_on_batch of the model `predict` loads, on the same "
+                          f"uint8 batches",
+            "in_process_images_per_s": local_1,
+            "in_process_rounds_images_per_s": [r["images_per_s"] for r in rounds["in_process_1"]],
+            "in_process_pyfunc_images_per_s": median_ips(rounds["pyfunc_1"]),
+            "in_process_pyfunc": "mlflow.pyfunc.load_model(the served folder).predict in this process: the "
+                                 "server's model without the server",
+            "client_encode_ms_per_batch": encode_ms,
+            "json": served("json_1", local_1),
+            "parquet": served("parquet_1", local_1),
+            "two_callers": {"note": "2 client connections against 2 threads calling predict_on_batch in-process",
+                            "in_process_images_per_s": local_2, "parquet": served("parquet_2", local_2)},
+        }
+        result["ratio"]["target_met"] = result["ratio"]["parquet"]["served_over_in_process"] >= 0.5
+        for wire in ("json", "parquet"):
+            r = result["ratio"][wire]
+            print(f"batch {b} {wire}: served {r['served_images_per_s']} images/s, in-process {local_1} images/s "
+                  f"(pyfunc {result['ratio']['in_process_pyfunc_images_per_s']}), ratio {r['served_over_in_process']} "
+                  f"(target >= 0.5); client encoding {encode_ms[wire]} ms/batch")
+        r2 = result["ratio"]["two_callers"]["parquet"]
+        print(f"batch {b} parquet, 2 callers: served {r2['served_images_per_s']} images/s, in-process {local_2} "
+              f"images/s, ratio {r2['served_over_in_process']}")
     result["load"]["after"] = os.getloadavg()
     result["errors_total"] = (sum(r["errors"] for r in result["levels"])
-                              + sum(result["ratio"][w]["errors"] for w in served))
+                              + sum(r["errors"] for runs in rounds.values() for r in runs if "errors" in r))
     path = write_result("serving", result)
     print(f"wrote {path}")
     return result

@@ -1,0 +1,74 @@
+"""The ASGI wrapper in front of MLflow's scoring-server app (components.serving._BodyLimit), on
+stand-in apps (no model, no server process): MLflow's request timeout (504 when no answer started
+in time), the body limit of a chunked body (413, nothing of it reaching the app), the replayed
+body the app reads, and the 415 of a POST without Content-Type."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from components.serving import _BodyLimit
+
+
+def _call(app, *, method="POST", headers=(), chunks=(b"",)):
+    """(status, body, what the app received) of one request through ``app``."""
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(m):
+        sent.append(m)
+
+    scope = {"type": "http", "method": method, "path": "/invocations", "headers": list(headers)}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+class _Echo:
+    """Reads the whole body and answers its length (what MLflow's handler does first)."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay, self.calls = delay, 0
+
+    async def __call__(self, scope, receive, send):
+        self.calls += 1
+        body, more = b"", True
+        while more:
+            m = await receive()
+            body += m.get("body", b"")
+            more = m.get("more_body", False)
+        await asyncio.sleep(self.delay)
+        out = json.dumps({"received": len(body)}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": out})
+
+
+JSON = (b"content-type", b"application/json")
+
+
+def test_a_request_slower_than_the_timeout_gets_mlflows_504_and_a_quick_one_its_answer():
+    slow = _BodyLimit(_Echo(delay=0.5), limit=100, timeout=0.05)
+    status, body = _call(slow, headers=[JSON, (b"content-length", b"3")], chunks=[b"abc"])
+    assert status == 504 and body == b"Request processing time exceeded limit"
+    quick = _BodyLimit(_Echo(), limit=100, timeout=5)
+    assert _call(quick, headers=[JSON, (b"content-length", b"3")], chunks=[b"abc"]) == (200, b'{"received": 3}')
+
+
+def test_a_chunked_body_over_the_limit_gets_413_and_never_reaches_the_app():
+    app = _Echo()
+    status, body = _call(_BodyLimit(app, limit=10), headers=[JSON], chunks=[b"x" * 6, b"x" * 6, b"x" * 6])
+    assert status == 413 and "over the limit of 10 bytes" in json.loads(body)["message"] and app.calls == 0
+    # within the limit: read here, then given to the app whole
+    status, body = _call(_BodyLimit(app, limit=10, timeout=5), headers=[JSON], chunks=[b"x" * 4, b"x" * 5])
+    assert (status, json.loads(body)) == (200, {"received": 9}) and app.calls == 1
+
+
+def test_a_content_length_over_the_limit_and_a_post_without_content_type_are_refused_first():
+    app = _Echo()
+    status, body = _call(_BodyLimit(app, limit=10), headers=[JSON, (b"content-length", b"11")], chunks=[b"x" * 11])
+    assert status == 413 and app.calls == 0
+    status, body = _call(_BodyLimit(app, limit=10), headers=[(b"content-length", b"2")], chunks=[b"{}"])
+    assert status == 415 and "Content-Type" in json.loads(body)["message"] and app.calls == 0
