@@ -9,7 +9,8 @@ versus a plain loop.
 
 Work per image in both cases: PIL decode (full decode, some files are 3024x3024), convert to RGB
 uint8, sha256 of the decoded pixels, bilinear resize to 64x64, PNG-encode into a
-``tf.train.Example`` (``data.tfrecord.encode_example``), write TFRecords.
+``tf.train.Example`` (``data.tfrecord.encode_example``: no TensorFlow inside since issue 14, for
+the loop as for ExampleGen), write TFRecords.
 
 * ``example_gen``: ``pipeline.runner.run_single("ExampleGen", ...)`` in-process with source
   ``image_folder`` (label from the class folder), the default 0.8/0.2 split, Beam FnApiRunner
@@ -26,6 +27,9 @@ uint8, sha256 of the decoded pixels, bilinear resize to 64x64, PNG-encode into a
   processes started for each run, as ``beam: {runner: dask}`` without an address does). CPU
   time counts this process and its finished children (``RUSAGE_CHILDREN``: the workers), so
   CPU time above wall time is the proof that more than one core worked.
+* CPU per image (all the engine's processes; ``steady_cpu_ms_per_image`` excludes start-up,
+  from the full run minus the tiny one) against the loop's ``cpu_ms_per_image`` says what an
+  engine adds per image; ``steady_cores_busy`` how many cores it kept busy meanwhile.
 * ``--generated N`` (``--matrix``: 20,000): N 100x100 JPEGs in 10 class folders, drawn once into
   the system temp folder (never the repository) and reused.
 * Other helpers share the machine: before each measurement it waits (up to ``--max-wait`` s)
@@ -226,14 +230,19 @@ def bench_engine(name: str, beam: dict, root: Path, tiny_dir: Path, n: int, n_ti
     med = {k: statistics.median(x[k] for x in full) for k in ("wall_s", "cpu_self_s", "cpu_children_s", "cpu_total_s")}
     tiny_wall = statistics.median(x["wall_s"] for x in tiny)
     steady = (n - n_tiny) / (med["wall_s"] - tiny_wall) if med["wall_s"] > tiny_wall else float("nan")
+    tiny_cpu = statistics.median(x["cpu_total_s"] for x in tiny)
     rate = n / med["wall_s"]
     return {"runner": beam["runner"], "workers": beam["workers"], **med,
             "cpu_over_wall": med["cpu_total_s"] / med["wall_s"], "times_s": [x["wall_s"] for x in full],
             "images_per_s": rate, "ratio_vs_loop": rate / loop_rate,
             "engine_startup_s": startup["wall_s"], "engine_startup_cpu_s": startup["cpu_total_s"],
-            "tiny_images": n_tiny, "tiny_median_s": tiny_wall, "tiny_cpu_total_s": statistics.median(
-                x["cpu_total_s"] for x in tiny),
+            "tiny_images": n_tiny, "tiny_median_s": tiny_wall, "tiny_cpu_total_s": tiny_cpu,
             "steady_images_per_s": steady, "steady_ratio_vs_loop": steady / loop_rate,
+            # CPU of all the engine's processes per image, start-up included / excluded (full - tiny)
+            "cpu_ms_per_image": 1e3 * med["cpu_total_s"] / n,
+            "steady_cpu_ms_per_image": 1e3 * (med["cpu_total_s"] - tiny_cpu) / (n - n_tiny),
+            "steady_cores_busy": (med["cpu_total_s"] - tiny_cpu) / (med["wall_s"] - tiny_wall)
+            if med["wall_s"] > tiny_wall else float("nan"),
             "metrics": full[0]["result"][2], **quiet, "loadavg_after": os.getloadavg()}
 
 
@@ -251,19 +260,23 @@ def bench_set(label: str, root: Path, engines: dict[str, tuple[str, int]], args,
              for _ in range(args.repeats)]
     loop_wall = statistics.median(x["wall_s"] for x in loops)
     loop = {"median_s": loop_wall, "times_s": [x["wall_s"] for x in loops], "images_per_s": n / loop_wall,
-            "cpu_median_s": statistics.median(x["cpu_total_s"] for x in loops), **loops[0]["result"], **quiet,
+            "cpu_median_s": statistics.median(x["cpu_total_s"] for x in loops),
+            "cpu_ms_per_image": 1e3 * statistics.median(x["cpu_total_s"] for x in loops) / n,
+            **loops[0]["result"], **quiet,
             "loadavg_after": os.getloadavg()}
     print(f"  {'loop':15s} {n} images {loop_wall:.1f}s ({n / loop_wall:.0f} images/s)", flush=True)
     runs = {name: bench_engine(name, _beam(*eng), root, tiny_dir, n, n_tiny, work / label, args, loop["images_per_s"])
             for name, eng in engines.items()}
     print(f"\n{label}: {n} images")
     print(f"{'':16s} {'wall s':>7s} {'images/s':>9s} {'x loop':>7s} {'cpu/wall':>8s} {'trivial s':>9s} "
-          f"{'tiny s':>7s} {'steady/s':>9s} {'x loop':>7s} {'busy':>5s}")
-    print(f"{'loop':16s} {loop_wall:7.2f} {n / loop_wall:9.1f} {1:7.2f} {loops[0]['cpu_over_wall']:8.2f}")
+          f"{'tiny s':>7s} {'steady/s':>9s} {'x loop':>7s} {'cpu ms/img':>10s} {'busy':>5s}")
+    print(f"{'loop':16s} {loop_wall:7.2f} {n / loop_wall:9.1f} {1:7.2f} {loops[0]['cpu_over_wall']:8.2f} "
+          f"{'':9s} {'':7s} {'':9s} {'':7s} {loop['cpu_ms_per_image']:10.3f} {loop['busy_cores_before']:5.2f}")
     for name, r in runs.items():
         print(f"{name:16s} {r['wall_s']:7.2f} {r['images_per_s']:9.1f} {r['ratio_vs_loop']:7.2f} "
               f"{r['cpu_over_wall']:8.2f} {r['engine_startup_s']:9.2f} {r['tiny_median_s']:7.2f} "
-              f"{r['steady_images_per_s']:9.1f} {r['steady_ratio_vs_loop']:7.2f} {r['busy_cores_before']:5.2f}")
+              f"{r['steady_images_per_s']:9.1f} {r['steady_ratio_vs_loop']:7.2f} {r['steady_cpu_ms_per_image']:10.3f} "
+              f"{r['busy_cores_before']:5.2f}")
     return {"path": str(root), "images": n, "loop": loop, "runs": runs}
 
 

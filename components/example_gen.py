@@ -15,6 +15,22 @@ Apache Beam.
 
 Output folder: `<split>/data-SSSSS-of-NNNNN.tfrecord`, `schema.json` (task, classes, image size,
 counts), `error_report.json`, `duplicates.json`.
+
+The Beam pipeline, the same on every engine (components/beam_engine.py):
+
+    Create((index, start, stop) batches of the refs file) | ParDo(Load) | GroupByKey(shard) | ParDo(Write)
+
+* ``Load`` reads a batch of up to 64 refs (the refs travel as a pickle in the scratch folder,
+  not inside the pipeline), decodes, hashes, resizes and encodes each image and writes the
+  TFRecord-framed examples to one spill file per batch and split (temporary name, renamed: a
+  retried batch rewrites the same bytes). It emits one ``(shard, rows)`` element per shard with
+  only small rows: the record's fields and spill location, and the report rows. So no image is
+  pickled through the shuffle and per-element engine costs are paid once per batch.
+* ``Write`` resolves the duplicates of its shard (all copies of one image share a shard) and
+  copies the kept records, sorted by key, from the spill files into the shard's files (runs of
+  consecutive records are copied at once: without dropped duplicates each spill file whole).
+* Nothing in the workers imports TensorFlow (data/tfrecord.py encodes ``tf.train.Example`` and
+  the TFRecord framing itself): a worker process starts in about a second.
 """
 from __future__ import annotations
 
@@ -158,6 +174,9 @@ def assign_split(params: ExampleGenParams, own_split: str | None, key: str, sha:
     return _ratio_pick(params.split_ratios, token, params.split_salt)
 
 
+_REFS: tuple = (None, None)  # (refs file, its refs): _RecordLoader.refs' cache
+
+
 class _RecordLoader:
     """What the ExampleGen's loading DoFn does with one record reference (a plain class, wrapped
     in a ``beam.DoFn`` inside ``run``, so this module needs no Beam import at load time)."""
@@ -216,8 +235,20 @@ class _RecordLoader:
         yield "ok", (sha, {"split": split, "key": rec.key, "label": label, "size": [oh, ow],
                            "boxes": 0 if boxes is None else int(len(boxes))}, example)
 
-    def process_batch(self, batch, spill_dir: str, num_shards: int):
-        """One batch ``(index, refs)`` -> ``(shard, rows)`` per shard that got rows. The encoded
+    def refs(self, refs_file: str) -> list:
+        """The run's refs, read once per worker process (they travel as a file, not inside the
+        pipeline: Beam pickles and bz2-compresses ``Create``'s values, ~0.6 s for 20,000 refs)."""
+        global _REFS
+        cached = _REFS  # one read: components may run in parallel threads, each with its own refs
+        if cached[0] != refs_file:  # one run's refs per process at a time (the last one asked for)
+            import pickle
+
+            with open(refs_file, "rb") as f:
+                cached = _REFS = (refs_file, pickle.load(f))  # written by this run's driver (run below)
+        return cached[1]
+
+    def process_batch(self, batch, refs_file: str, spill_dir: str, num_shards: int):
+        """One batch ``(index, start, stop)`` of the refs file -> ``(shard, rows)`` per shard that got rows. The encoded
         records go to spill files ``b<index>-<split>.tfrecord`` (TFRecord-framed, in key order,
         each written to a temporary name and renamed: a retried bundle rewrites the same bytes);
         only small rows (``("ok", (sha, record's fields + its spill location))`` and the report
@@ -225,7 +256,8 @@ class _RecordLoader:
         from components.beam_engine import write_atomic
         from data.tfrecord import frame_record
 
-        index, refs = batch
+        index, start, stop = batch
+        refs = self.refs(refs_file)[start:stop]
         rows: dict[int, list] = {}
         by_split: dict[str, list] = {}
         for ref in refs:
@@ -284,12 +316,11 @@ BATCH_MAX = 64  # refs a Load element: per-element engine costs shared by up to 
 BATCH_MIN_COUNT = 64  # ... but at least this many elements, so every worker gets several
 
 
-def ref_batches(refs: list) -> list[tuple[int, list]]:
-    """The refs in key order, cut into numbered batches: Load's units of work (one spill file
+def ref_batches(n: int) -> list[tuple[int, int, int]]:
+    """``(index, start, stop)`` of n refs cut into batches: Load's units of work (one spill file
     per batch and split)."""
-    refs = sorted(refs, key=lambda r: r.key)
-    size = max(1, min(BATCH_MAX, -(-len(refs) // BATCH_MIN_COUNT)))
-    return [(i, refs[j:j + size]) for i, j in enumerate(range(0, len(refs), size))]
+    size = max(1, min(BATCH_MAX, n // BATCH_MIN_COUNT))
+    return [(i, j, min(j + size, n)) for i, j in enumerate(range(0, n, size))]
 
 
 _REPORT_TAGS = ("bad", "issues", "misses", "dups", "dropped", "summary")
@@ -438,7 +469,7 @@ def run(ctx, inputs, params: ExampleGenParams):
             self.body = body
 
         def process(self, batch):
-            yield from self.body.process_batch(batch, spill_dir, num_shards)
+            yield from self.body.process_batch(batch, refs_file, spill_dir, num_shards)
 
     class Write(beam.DoFn):
         def __init__(self, body):
@@ -447,12 +478,16 @@ def run(ctx, inputs, params: ExampleGenParams):
         def process(self, kv):
             yield from self.body.process(kv)
 
-    spill_dir = str(scratch / "spill")
+    spill_dir, refs_file = str(scratch / "spill"), str(scratch / "refs.pkl")
+    import pickle
+
+    # in key order: each batch's spill file is then a run of the split's final, key-sorted file
+    (scratch / "refs.pkl").write_bytes(pickle.dumps(sorted(info.refs, key=lambda r: r.key)))
     body = _RecordLoader(info.loader, params.model_dump_json())
     writer = _ShardWriter(str(out), splits, num_shards, params.duplicates)
     with open_pipeline(ctx.beam, ctx.logger, who="ExampleGen") as p:
         # Create reshuffles its elements: that is what spreads Load over the engine's workers
-        (p | "Refs" >> beam.Create(ref_batches(info.refs))
+        (p | "Refs" >> beam.Create(ref_batches(len(info.refs)))
          | "Load" >> beam.ParDo(Load(body))
          | "ByShard" >> beam.GroupByKey()
          | "Write" >> beam.ParDo(Write(writer)))

@@ -41,7 +41,12 @@ def png_bytes(image: np.ndarray) -> bytes:
 #   Feature  { oneof kind { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
 #   BytesList { repeated bytes value = 1; }  FloatList { repeated float value = 1 [packed]; }
 #   Int64List { repeated int64 value = 1 [packed]; }
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return _SMALL[n]
     n &= 0xFFFFFFFFFFFFFFFF  # int64: a negative value is its two's complement (10 bytes)
     out = bytearray()
     while n > 0x7F:
@@ -53,7 +58,7 @@ def _varint(n: int) -> bytes:
 
 def _field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2) with a one-byte tag (field numbers 1-15)."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    return _SMALL[tag] + _varint(len(payload)) + payload
 
 
 def _bytes_feature(values) -> bytes:
