@@ -580,9 +580,14 @@ class Client:
         import http.client
 
         for attempt in (0, 1):  # a kept-alive connection the server closed: reconnect once
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
+                if self._conn is None:
+                    self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                    self._conn.connect()
+                    # http.client writes the headers and the body separately: without this, Nagle's
+                    # algorithm may hold the body's last segment until the server acknowledges the
+                    # rest (urllib3 sets it on every connection for the same reason)
+                    self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._conn.request(method, path, body=body, headers={"Content-Type": content_type} if body else {})
                 r = self._conn.getresponse()
                 return r.status, r.read()
