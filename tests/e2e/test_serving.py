@@ -319,3 +319,23 @@ def test_sigterm_stops_serve_and_its_whole_process_group(served):
 
     with pytest.raises(ServingError, match="no answer"):
         Client(url, timeout=5).predict(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_several_workers_answer_keep_alive_requests_without_the_delayed_ack_stall(face_server):
+    """With --workers N uvicorn hands its workers a listener on which asyncio does not set
+    TCP_NODELAY (uvicorn #3149): each keep-alive answer then waited ~40 ms for the client's delayed
+    ACK. The server sets it on the inherited listener."""
+    from components.serving import Client, Server
+
+    art, one = face_server
+    with Server(one.model_folder, workers=2) as server:
+        c = Client(server.url)
+        batch = np.zeros((2, 32, 32, 3), np.uint8)
+        c.predict(batch, wire="parquet")
+        times = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            c.predict(batch, wire="parquet")
+            times.append(time.perf_counter() - t0)
+        c.close()
+    assert sorted(times)[5] < 0.03, times
