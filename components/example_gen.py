@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -204,7 +205,9 @@ class _RecordLoader:
             yield "bad", {"key": ref.key, "reason": f"{type(e).__name__}: {e}"}
             return
         img = rec.image
-        sha = hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
+        digest = hashlib.sha256(np.ascontiguousarray(img))  # = sha256(pixel bytes + shape), no copies
+        digest.update(str(img.shape).encode())
+        sha = digest.hexdigest()
         h, w = params.image_size
         oh, ow = img.shape[:2]
         if params.face_crop is not None:
@@ -218,7 +221,7 @@ class _RecordLoader:
             img = crop.image
             oh, ow = img.shape[:2]
         if (oh, ow) != (h, w):
-            img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+            img = Image.fromarray(img).resize((w, h), Image.BILINEAR)  # encoded as it is: no array round trip
         boxes = None
         if rec.boxes is not None:
             b = np.asarray(rec.boxes, dtype=np.float32).reshape(-1, 4)
@@ -385,13 +388,19 @@ class _ShardWriter:
                 runs.append([name, offset, length])
 
         def write(f):
+            f.flush()
+            out = f.fileno()  # from here on written through the descriptor only
             for name, offset, length in runs:
                 with open(scratch / "spill" / name, "rb") as src:
-                    src.seek(offset)
-                    data = src.read(length)
-                if len(data) != length:
-                    raise ComponentError(f"ExampleGen: spill file {name} is shorter than its records say")
-                f.write(data)
+                    while length:
+                        try:  # in the kernel, page cache to page cache (Linux)
+                            n = os.copy_file_range(src.fileno(), out, length, offset)
+                        except (AttributeError, OSError):
+                            data = os.pread(src.fileno(), length, offset)
+                            n = os.write(out, data) if data else 0
+                        if not n:
+                            raise ComponentError(f"ExampleGen: spill file {name} is shorter than its records say")
+                        offset, length = offset + n, length - n
 
         write_atomic(path, write, scratch / "tmp")
         return len(locs)

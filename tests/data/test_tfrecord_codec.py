@@ -113,3 +113,10 @@ def test_encoding_does_not_import_tensorflow():
             "frame_record(encode_example(np.zeros((4, 4, 3), np.uint8), 'k', 's', label=1, boxes_norm=np.zeros((1, 4)),"
             " box_labels=[0], box_names=['a'])); assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=__import__("pathlib").Path(__file__).parents[2])
+
+
+def test_encode_example_of_a_pil_image_equals_that_of_its_array():
+    from PIL import Image
+
+    arr = np.random.default_rng(1).integers(0, 255, (12, 20, 3), dtype=np.uint8)
+    assert encode_example(Image.fromarray(arr), "k", "s" * 64, label=2) == encode_example(arr, "k", "s" * 64, label=2)
