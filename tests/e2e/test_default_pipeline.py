@@ -64,7 +64,7 @@ def test_every_demo_model_passes_its_blessing_and_becomes_champion(fresh_run):
         mv = client.get_model_version_by_alias(name, "champion")
         assert mv.tags["pipeline_run"] == run_id, (name, mv.tags)
     # the SIGNS model became champion only after it answered real requests in MLflow's server
-    infra = json.loads((Path(ex["signs_infra"]["artifact_dir"]) / "infra_blessing.json").read_text())
+    infra = json.loads((Path(ex["signs_infra"]["artifact_dir"]) / "infra_blessing" / "infra_blessing.json").read_text())
     assert infra["blessed"] is True, infra
 
 
