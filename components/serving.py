@@ -425,8 +425,8 @@ class Server:
         argv = shlex.split(cmd)
         if argv[0] != "uvicorn" or argv[-1] != MLFLOW_APP:  # a future MLflow changed its command
             raise ServingError(f"unexpected MLflow scoring-server command {cmd!r}")
-        argv = [sys.executable, "-m", "uvicorn", *argv[1:-1], "--factory", APP_FACTORY, "--app-dir",
-                str(PROJECT_ROOT), "--timeout-graceful-shutdown", "5"]
+        argv = with_parent_death([sys.executable, "-m", "uvicorn", *argv[1:-1], "--factory", APP_FACTORY,
+                                  "--app-dir", str(PROJECT_ROOT), "--timeout-graceful-shutdown", "5"])
         env[MAX_BODY_ENV] = str(self.max_body_bytes)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         return argv, env
@@ -512,6 +512,28 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# Runs argv[2:] in place of itself after asking the kernel to send it SIGTERM when the process
+# that started it dies (Linux prctl PR_SET_PDEATHSIG; it survives the exec): a server started
+# by a run, a test or `serve` that is SIGKILLed does not outlive it (its own session keeps it out
+# of the terminal's reach, so nothing else would stop it). Elsewhere it just runs argv[2:].
+_PARENT_DEATH_LAUNCHER = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def with_parent_death(argv: list[str]) -> list[str]:
+    """``argv`` started so that it gets SIGTERM when this process dies (see above). The kernel
+    ties it to the starting thread: start servers from a thread that outlives them."""
+    return [sys.executable, "-c", _PARENT_DEATH_LAUNCHER, str(os.getpid()), *argv]
 
 
 def group_members(pgid: int) -> list[int]:

@@ -72,3 +72,44 @@ def test_a_content_length_over_the_limit_and_a_post_without_content_type_are_ref
     assert status == 413 and app.calls == 0
     status, body = _call(_BodyLimit(app, limit=10), headers=[(b"content-length", b"2")], chunks=[b"{}"])
     assert status == 415 and "Content-Type" in json.loads(body)["message"] and app.calls == 0
+
+
+def test_a_server_dies_with_the_process_that_started_it(tmp_path):
+    """A run, test or `serve` that is SIGKILLed takes its server (its own session) with it: the
+    launcher asks the kernel for SIGTERM on the parent's death, then execs the server."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    pid_file = tmp_path / "child.pid"
+    starter = ("import subprocess, sys, time\n"
+               "from components.serving import with_parent_death\n"
+               "p = subprocess.Popen(with_parent_death([sys.executable, '-c', 'import time; time.sleep(120)']),"
+               " start_new_session=True)\n"
+               f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+               "time.sleep(120)\n")
+    from tests.conftest import PROJECT_ROOT
+
+    parent = subprocess.Popen([sys.executable, "-c", starter], cwd=PROJECT_ROOT)
+    try:
+        deadline = time.time() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.time() < deadline and parent.poll() is None, "the starter never started its child"
+            time.sleep(0.1)
+        child = psutil.Process(int(pid_file.read_text()))
+        time.sleep(0.5)  # the launcher has exec'd the child by now
+        assert "time.sleep(120)" in " ".join(child.cmdline()) and child.is_running()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        child.wait(timeout=10)  # raises psutil.TimeoutExpired if it outlived its parent
+    finally:
+        parent.kill()
+        parent.wait()
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
