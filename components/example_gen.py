@@ -282,10 +282,6 @@ class _RecordLoader:
         yield from sorted(rows.items())
 
 
-def _without_loc(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k != "loc"}
-
-
 def _resolve_duplicates(policy: str):
     def fn(kv):
         sha, recs = kv
@@ -300,9 +296,9 @@ def _resolve_duplicates(policy: str):
         elif policy == "drop_leaks" and len(splits) > 1:
             first = recs[0]["split"]  # train before eval before test: train keeps its copies
             keep = [r for r in recs if r["split"] == first]
-        kept = [_without_loc(r) for r in keep]
+        kept = {id(r) for r in keep}  # the copies kept, by identity (each has its own spill location)
         for r in recs:
-            if _without_loc(r) not in kept:
+            if id(r) not in kept:
                 yield "dropped", {"key": r["key"], "split": r["split"], "sha256": sha}
         for r in keep:
             yield "keep", r
