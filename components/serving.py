@@ -16,12 +16,12 @@ serve` / `request`, the InfraValidator and the serving benchmark share.
                        ``predict`` in-process, from a running server
 
 The app is MLflow's ``scoring_server.init(model)`` (its routes, parsing, prediction and JSON
-answers) with these additions: requests whose body is larger than ``max_body_bytes`` get 413
-before any of it is parsed (MLflow's server has no limit: a 50 MB JSON body was parsed, converted
-and predicted), and ``GET /metadata`` returns the MLmodel metadata (the model's task, classes,
-image size). For speed (``python -m benchmarks serving``): MLflow's request timeout is enforced by
-the same plain ASGI wrapper instead of a Starlette ``BaseHTTPMiddleware``; the objects loaded at
-start-up are frozen out of the garbage collector; ``--workers N`` gets the TCP_NODELAY uvicorn
+answers) with these additions: ``_RequestGuard`` answers 413 to a request whose body is larger
+than ``max_body_bytes`` before any of it is parsed (MLflow's server has no limit: a 50 MB JSON
+body was parsed, converted and predicted) and 415 to a POST without Content-Type, and ``GET
+/metadata`` returns the MLmodel metadata (the model's task, classes, image size). For speed
+(``python -m benchmarks serving``): MLflow's request timeout is enforced by ``_RequestGuard`` too,
+instead of a Starlette ``BaseHTTPMiddleware``; the objects loaded at start-up are frozen out of the garbage collector; ``--workers N`` gets the TCP_NODELAY uvicorn
 loses there. Where a 32-image Parquet request's time goes (~8.3 ms against 3.6 ms in-process on
 this 2-core machine): the model ~4 ms, MLflow's ``pandas.read_parquet`` of the body 0.7 ms and its
 pure-Python JSON answer 0.3 ms, the pyfunc call and pixel checks ~0.3 ms, FastAPI/Starlette and
@@ -46,7 +46,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MLFLOW_APP = "mlflow.pyfunc.scoring_server.app:app"  # what MLflow's get_cmd serves
-APP_FACTORY = "components.serving:create_app"  # the same app, with the body limit and /metadata
+APP_FACTORY = "components.serving:create_app"  # the same app, behind _RequestGuard, plus /metadata
 MAX_BODY_ENV = "PIPELINE_SERVING_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # a batch of 32 64x64 images is ~1.6 MB of JSON
 
@@ -153,7 +153,8 @@ def model_metadata(folder: Path) -> dict:
 
 def create_app():
     """uvicorn's ``--factory`` target: MLflow's scoring-server app for the model folder MLflow's
-    ``get_cmd`` put in the environment, behind a request-size limit, plus ``GET /metadata``."""
+    ``get_cmd`` put in the environment, behind ``_RequestGuard`` (body-size limit, 415 for a POST
+    without Content-Type, MLflow's request timeout), plus ``GET /metadata``."""
     from fastapi.responses import JSONResponse
     from mlflow.pyfunc import scoring_server
 
@@ -175,7 +176,7 @@ def create_app():
         return JSONResponse(meta)
 
     limit = int(os.environ.get(MAX_BODY_ENV) or DEFAULT_MAX_BODY_BYTES)
-    return _BodyLimit(app, limit, timeout=MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get() if timed else None)
+    return _RequestGuard(app, limit, timeout=MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get() if timed else None)
 
 
 def _freeze_loaded_objects() -> None:
@@ -292,8 +293,9 @@ class _NoInputCast:
         return getattr(self._metadata, name)
 
 
-class _BodyLimit:
-    """ASGI middleware in front of MLflow's app: 413 for a request body over ``limit`` bytes, by its
+class _RequestGuard:
+    """ASGI middleware in front of MLflow's app, refusing what MLflow's server would mishandle and
+    enforcing its timeout: 413 for a request body over ``limit`` bytes, by its
     Content-Length or, for a chunked body, as soon as the bytes received pass it (such a body is
     read here first, so nothing of it reaches the app); 415 for a POST without Content-Type; and,
     with ``timeout``, MLflow's request timeout (504 "Request processing time exceeded limit" when

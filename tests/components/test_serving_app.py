@@ -1,4 +1,4 @@
-"""The ASGI wrapper in front of MLflow's scoring-server app (components.serving._BodyLimit), on
+"""The ASGI guard in front of MLflow's scoring-server app (components.serving._RequestGuard), on
 stand-in apps (no model, no server process): MLflow's request timeout (504 when no answer started
 in time), the body limit of a chunked body (413, nothing of it reaching the app), the replayed
 body the app reads, and the 415 of a POST without Content-Type."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from components.serving import _BodyLimit
+from components.serving import _RequestGuard
 
 
 def _call(app, *, method="POST", headers=(), chunks=(b"",)):
@@ -50,27 +50,27 @@ JSON = (b"content-type", b"application/json")
 
 
 def test_a_request_slower_than_the_timeout_gets_mlflows_504_and_a_quick_one_its_answer():
-    slow = _BodyLimit(_Echo(delay=0.5), limit=100, timeout=0.05)
+    slow = _RequestGuard(_Echo(delay=0.5), limit=100, timeout=0.05)
     status, body = _call(slow, headers=[JSON, (b"content-length", b"3")], chunks=[b"abc"])
     assert status == 504 and body == b"Request processing time exceeded limit"
-    quick = _BodyLimit(_Echo(), limit=100, timeout=5)
+    quick = _RequestGuard(_Echo(), limit=100, timeout=5)
     assert _call(quick, headers=[JSON, (b"content-length", b"3")], chunks=[b"abc"]) == (200, b'{"received": 3}')
 
 
 def test_a_chunked_body_over_the_limit_gets_413_and_never_reaches_the_app():
     app = _Echo()
-    status, body = _call(_BodyLimit(app, limit=10), headers=[JSON], chunks=[b"x" * 6, b"x" * 6, b"x" * 6])
+    status, body = _call(_RequestGuard(app, limit=10), headers=[JSON], chunks=[b"x" * 6, b"x" * 6, b"x" * 6])
     assert status == 413 and "over the limit of 10 bytes" in json.loads(body)["message"] and app.calls == 0
     # within the limit: read here, then given to the app whole
-    status, body = _call(_BodyLimit(app, limit=10, timeout=5), headers=[JSON], chunks=[b"x" * 4, b"x" * 5])
+    status, body = _call(_RequestGuard(app, limit=10, timeout=5), headers=[JSON], chunks=[b"x" * 4, b"x" * 5])
     assert (status, json.loads(body)) == (200, {"received": 9}) and app.calls == 1
 
 
 def test_a_content_length_over_the_limit_and_a_post_without_content_type_are_refused_first():
     app = _Echo()
-    status, body = _call(_BodyLimit(app, limit=10), headers=[JSON, (b"content-length", b"11")], chunks=[b"x" * 11])
+    status, body = _call(_RequestGuard(app, limit=10), headers=[JSON, (b"content-length", b"11")], chunks=[b"x" * 11])
     assert status == 413 and app.calls == 0
-    status, body = _call(_BodyLimit(app, limit=10), headers=[(b"content-length", b"2")], chunks=[b"{}"])
+    status, body = _call(_RequestGuard(app, limit=10), headers=[(b"content-length", b"2")], chunks=[b"{}"])
     assert status == 415 and "Content-Type" in json.loads(body)["message"] and app.calls == 0
 
 
