@@ -107,6 +107,60 @@ def describe(beam: dict) -> str:
             }.get(runner, f"{runner} ({_PORTABLE.get(runner)}, untested here) {' '.join(args)}".rstrip())
 
 
+SDK_WORKER_MAIN = "apache_beam.runners.worker.sdk_worker_main"  # what multiprocess's workers run
+RUN_WORKER_ENV = "CNN_PIPELINE_RUN_WORKER"  # set in the workers of a LocalCluster started for one run
+_worker_tuned = False
+
+
+def tune_worker_process() -> None:
+    """Called from the components' ``DoFn.setup``. In a worker process that lives for one
+    pipeline run only (one of Beam's SDK workers under ``multiprocess``, or a worker of the Dask
+    LocalCluster started for the run) it does, once:
+
+    * ``gc.freeze()``: what is loaded by then (Beam, pandas, numpy, this project: ~500,000
+      objects) stays for the life of the process anyway; without it every full collection the
+      DoFns' allocations trigger walks all of it (ExampleGen's Load: 0.91 -> 0.83 ms an image).
+    * in an SDK worker, a quick exit: Beam's runner waits for its workers to exit one after the
+      other, and Python's teardown of a worker holding all that took 0.3-0.5 s each (a trivial
+      2-worker pipeline: 1.9 s, 1.1 s with this). When the harness returns normally the process
+      ends there (streams and logging flushed first); after an unhandled exception it exits as
+      usual, traceback and status kept.
+
+    Anywhere else (this process under ``local``; a Dask worker of a cluster given by address,
+    which outlives the run and whose later garbage a freeze would pin) it does nothing.
+    """
+    global _worker_tuned
+    import sys
+
+    if _worker_tuned:
+        return
+    main = sys.modules.get("__main__")
+    sdk_worker = getattr(getattr(main, "__spec__", None), "name", None) == SDK_WORKER_MAIN
+    if not sdk_worker and os.environ.get(RUN_WORKER_ENV) != "1":
+        return
+    import gc
+
+    _worker_tuned = True
+    gc.collect()
+    gc.freeze()
+    if sdk_worker:
+        import atexit
+
+        atexit.register(_exit_now_if_clean)
+
+
+def _exit_now_if_clean() -> None:
+    import sys
+
+    if getattr(sys, "last_value", None) is not None:  # an unhandled exception: keep Python's exit (status 1)
+        return
+    logging.shutdown()  # registered with atexit before this, so it would run after it
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 @contextlib.contextmanager
 def open_pipeline(beam: dict, logger: logging.Logger | None = None, *, who: str = "Beam") -> Iterator:
     """A ``beam.Pipeline`` on the configured engine. The pipeline runs when the ``with`` block
@@ -197,7 +251,8 @@ def _dask_scheduler(stack: contextlib.ExitStack, workers: int, address: str | No
                           "distributed.admin.system-monitor.gil.enabled": False}):
         cluster = stack.enter_context(distributed.LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-            silence_logs=logging.getLogger("distributed").getEffectiveLevel()))
+            silence_logs=logging.getLogger("distributed").getEffectiveLevel(),
+            env={RUN_WORKER_ENV: "1"}))  # these workers end with the run: tune_worker_process
     if _quiet():
         stack.callback(nanny.setLevel, logging.ERROR)  # runs before the cluster's close (LIFO)
     return cluster.scheduler_address, workers, f"dask, LocalCluster of {workers} workers"

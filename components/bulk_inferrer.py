@@ -60,7 +60,7 @@ def run(ctx, inputs, params: BulkInferrerParams):
     import apache_beam as beam
 
     from components.artifacts import Examples, InferenceResult, Model
-    from components.beam_engine import open_pipeline, tfrecord_chunks, write_atomic
+    from components.beam_engine import open_pipeline, tfrecord_chunks, tune_worker_process, write_atomic
     from components.tasks import get_task
 
     model_art, examples = Model.load(inputs["model"]), Examples.load(inputs["examples"])
@@ -81,6 +81,7 @@ def run(ctx, inputs, params: BulkInferrerParams):
 
         def setup(self):
             self.predict = _cached_predictor(self.model_dir)
+            tune_worker_process()  # after the model is loaded: it stays for the worker's life too
 
         def process(self, indexed_chunk):
             import numpy as np

@@ -151,7 +151,7 @@ def run(ctx, inputs, params: StatisticsGenParams):
     import apache_beam as beam
 
     from components.artifacts import Examples
-    from components.beam_engine import open_pipeline, tfrecord_chunks, write_atomic
+    from components.beam_engine import open_pipeline, tfrecord_chunks, tune_worker_process, write_atomic
 
     examples = Examples.load(inputs["examples"])
     schema = examples.schema
@@ -165,6 +165,9 @@ def run(ctx, inputs, params: StatisticsGenParams):
     class Combine(beam.CombineFn):
         def __init__(self):
             self.body = _StatsAccumulator()
+
+        def setup(self):
+            tune_worker_process()
 
         def create_accumulator(self):
             return self.body.create_accumulator()
@@ -181,6 +184,9 @@ def run(ctx, inputs, params: StatisticsGenParams):
     class WriteSplit(beam.DoFn):
         def __init__(self, folder):
             self.folder = folder
+
+        def setup(self):
+            tune_worker_process()
 
         def process(self, kv):
             split, st = kv

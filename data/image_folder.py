@@ -4,6 +4,7 @@ root that hold class folders or prefixed files can be the dataset's own splits
 (`train_signs/`, `val_signs/`, `test_signs/`)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from data.records import ImageRecord, Ref, read_image_file
@@ -11,14 +12,16 @@ from data.records import ImageRecord, Ref, read_image_file
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _images(folder: Path) -> list[str]:
+    """The image file names in folder, sorted. By ``os.scandir``: its entries say whether they are
+    files without a stat call each (Path.iterdir + is_file took 0.3 s for 20,000 images)."""
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file())
 
 
-def _label_of(path: Path, label_from: str, separator: str) -> str:
-    if label_from == "folder":
-        return path.parent.name
-    return path.name.split(separator, 1)[0]
+def _subfolders(folder: Path) -> list[Path]:
+    with os.scandir(folder) as it:
+        return [folder / name for name in sorted(e.name for e in it if e.is_dir())]
 
 
 def list_refs(root: str, label_from: str = "folder", separator: str = "_", splits: list[str] | None = None,
@@ -31,32 +34,35 @@ def list_refs(root: str, label_from: str = "folder", separator: str = "_", split
         raise FileNotFoundError(f"{root}: image folder not found")
     warnings: list[str] = []
     split_dirs = [(s, rootp / s) for s in splits] if splits else [(None, rootp)]
-    found: list[tuple[Path, str | None, str]] = []
+    found: list[tuple[Path, str, str | None, str]] = []  # (folder, file name, split, label)
     for split, d in split_dirs:
         if not d.is_dir():
             raise FileNotFoundError(f"{d}: split folder not found")
         if label_from == "folder":
-            class_dirs = sorted(p for p in d.iterdir() if p.is_dir())
+            class_dirs = _subfolders(d)
             if not class_dirs:
                 raise ValueError(f"{d}: no class sub-folders (label_from=folder)")
             for cd in class_dirs:
                 imgs = _images(cd)
                 if not imgs:
                     warnings.append(f"{cd}: empty class folder (no images)")
-                found += [(p, split, cd.name) for p in imgs]
+                found += [(cd, name, split, cd.name) for name in imgs]
         elif label_from == "prefix":
             imgs = _images(d)
             if not imgs:
                 raise ValueError(f"{d}: no images")
-            found += [(p, split, _label_of(p, "prefix", separator)) for p in imgs]
+            found += [(d, name, split, name.split(separator, 1)[0]) for name in imgs]
         else:
             raise ValueError(f"label_from must be 'folder' or 'prefix', got {label_from!r}")
-    names = classes or sorted({lab for _, _, lab in found}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    names = classes or sorted({lab for *_, lab in found}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
     index = {n: i for i, n in enumerate(names)}
-    refs = []
-    for p, split, lab in found:
-        key = str(p.relative_to(rootp))
-        refs.append(Ref(key=key, source=str(p), split=split, label=index.get(lab, -1), label_name=lab))
+    refs, prefixes = [], {}
+    for folder, name, split, lab in found:
+        if folder not in prefixes:  # the key: the path below root, as str(path.relative_to(root))
+            prefixes[folder] = (str(folder), f"{folder.relative_to(rootp)}/" if folder != rootp else "")
+        where, below = prefixes[folder]
+        refs.append(Ref(key=below + name, source=os.path.join(where, name), split=split, label=index.get(lab, -1),
+                        label_name=lab))
     return refs, names, warnings
 
 

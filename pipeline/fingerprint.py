@@ -92,6 +92,31 @@ def code_fingerprint(roots: Iterable[str]) -> tuple[str, list[str]]:
     return h.hexdigest(), sorted(mods)
 
 
+def _files_under(root: str) -> list[tuple[tuple[str, ...], str]]:
+    """(path parts below root, path) of every file under root, in ``sorted(Path(root).rglob("*"))``
+    order, symlinked files included and symlinked folders not entered, as rglob does. By
+    ``os.scandir``: a folder entry says whether it is a file without a stat call per file (pathlib
+    made three per file: 0.3 s for 20,000 images, on the critical path of every run)."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    stack: list[tuple[tuple[str, ...], str]] = [((), root)]
+    while stack:
+        parts, folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_file():
+                    out.append(((*parts, e.name), e.path))
+                elif e.is_dir(follow_symlinks=False):
+                    stack.append(((*parts, e.name), e.path))
+            except OSError:
+                continue
+    out.sort(key=lambda item: item[0])  # Path sorts by parts, not by the joined string
+    return out
+
+
 def external_fingerprint(paths: Iterable[str]) -> str:
     """Cheap fingerprint of raw data: path, size and mtime of every file under the paths
     (hashing gigabytes of images on every run would cost more than most components)."""
@@ -99,14 +124,14 @@ def external_fingerprint(paths: Iterable[str]) -> str:
     for p in sorted(set(paths)):
         root = Path(p)
         if root.is_file():
-            files = [root]
+            files = [str(root)]
         elif root.is_dir():
-            files = sorted(f for f in root.rglob("*") if f.is_file())
+            files = [f for _, f in _files_under(str(root))]
         else:
             h.update(f"missing:{p}".encode())
             continue
         for f in files:
-            st = f.stat()
+            st = os.stat(f)
             h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 

@@ -261,3 +261,73 @@ def test_dask_local_cluster_runs_example_gen_and_is_closed_afterwards(runs, tmp_
         "data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord"]
     log = (tmp_path / "dask" / "log.txt").read_text()
     assert "Beam: dask, LocalCluster of 2 workers" in log
+
+
+# ----------------------------------------------------------------------------- worker tuning
+def _tuning_seen(settings) -> dict[int, int]:
+    """pid -> gc.get_freeze_count() after tune_worker_process, from a DoFn on each worker."""
+    import pathlib
+    import tempfile
+
+    import apache_beam as beam_sdk
+
+    class Report(beam_sdk.DoFn):
+        def __init__(self, folder):
+            self.folder = folder
+
+        def setup(self):
+            from components.beam_engine import tune_worker_process
+
+            tune_worker_process()
+
+        def process(self, i):
+            import gc
+
+            sum(j * j for j in range(100_000))  # long enough that every worker gets a share
+            folder = pathlib.Path(self.folder)
+            write_atomic(folder / f"{i}.txt", lambda f: f.write(f"{os.getpid()} {gc.get_freeze_count()}".encode()),
+                         folder / "tmp")
+            yield i
+
+    with tempfile.TemporaryDirectory() as d:
+        with open_pipeline(settings, who="test") as p:
+            p | beam_sdk.Create(list(range(16))) | beam_sdk.ParDo(Report(d))
+        seen = [open(os.path.join(d, f)).read().split() for f in os.listdir(d) if f.endswith(".txt")]
+        assert len(seen) == 16
+        return {int(pid): int(frozen) for pid, frozen in seen}
+
+
+@pytest.mark.slow
+def test_run_scoped_workers_are_tuned_and_long_lived_processes_are_not(dask_address):
+    """Beam's SDK workers (multiprocess) and the workers of a LocalCluster started for the run
+    freeze what they loaded; the SDK workers' quick exit leaves the run successful (Beam raises
+    when a worker exits non-zero). This process (local) and a cluster given by address, which
+    outlive the run, are left alone."""
+    import gc
+
+    frozen_here = gc.get_freeze_count()
+    sdk = _tuning_seen(beam("multiprocess", workers=2))
+    assert len(sdk) == 2 and os.getpid() not in sdk and all(n > 0 for n in sdk.values()), sdk
+    own = _tuning_seen(beam("dask", workers=2))
+    assert os.getpid() not in own and all(n > 0 for n in own.values()), own
+    assert _tuning_seen(beam("local")) == {os.getpid(): frozen_here}
+    shared = _tuning_seen(beam("dask", address=dask_address))
+    assert all(n == 0 for n in shared.values()), shared
+
+
+def test_an_sdk_worker_that_failed_exits_as_python_does(monkeypatch):
+    """After an unhandled exception (Python has set sys.last_value) the quick exit steps aside,
+    so the worker's status stays 1; otherwise it ends the process with status 0."""
+    import sys
+
+    from components import beam_engine
+
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    monkeypatch.setattr(sys, "last_value", RuntimeError("boom"), raising=False)
+    beam_engine._exit_now_if_clean()
+    assert exits == []
+    monkeypatch.delattr(sys, "last_value")
+    monkeypatch.setattr(beam_engine.logging, "shutdown", lambda: None)  # keep pytest's handlers
+    beam_engine._exit_now_if_clean()
+    assert exits == [0]

@@ -112,3 +112,36 @@ def test_code_closure_follows_imports_without_importing_them():
     assert "'data.tfrecord'" in mods and "'models.preprocessing'" in mods and "'components.training'" in mods
     assert "tensorflow" not in mods
     assert imported == "False False"
+
+
+def test_external_fingerprint_covers_files_as_pathlib_lists_them(tmp_path):
+    """The os.scandir walk gives the same fingerprint as the pathlib definition it replaced
+    (sorted rglob, files only, symlinked files followed, symlinked folders not entered), so
+    caches keyed before the change stay valid; and it moves when a file changes."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    def by_pathlib(paths):
+        h = hashlib.sha256()
+        for p in sorted(set(paths)):
+            root = Path(p)
+            files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+            for f in files:
+                st = f.stat()
+                h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    root = tmp_path / "data"
+    for rel in ("a/b/1.jpg", "a-c/2.jpg", "a/3.png", ".hidden", "x/y.txt", "z/deep/er/4.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    os.symlink(root / "x", root / "linked_folder")
+    os.symlink(root / "x" / "y.txt", root / "linked_file")
+    os.symlink(tmp_path / "nowhere", root / "broken")
+    single = tmp_path / "one.txt"
+    single.write_text("1")
+    before = fp.external_fingerprint([str(root), str(single)])
+    assert before == by_pathlib([str(root), str(single)])
+    (root / "a" / "3.png").write_bytes(b"changed, longer")
+    assert fp.external_fingerprint([str(root), str(single)]) != before
