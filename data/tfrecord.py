@@ -128,16 +128,90 @@ def frame_record(data: bytes) -> bytes:
     return head + struct.pack("<I", _masked_crc(head)) + data + struct.pack("<I", _masked_crc(data))
 
 
-def decode_example_py(serialized: bytes) -> dict:
-    """Parse one record in Python (for Beam DoFns and tests)."""
-    import tensorflow as tf
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, i
+        shift += 7
 
-    ex = tf.train.Example.FromString(serialized)
-    out = {}
-    for k, feat in ex.features.feature.items():
-        kind = feat.WhichOneof("kind")
-        vals = list(getattr(feat, kind).value)
-        out[k] = vals
+
+def _fields(buf: bytes):
+    """(field number, wire type, value) of each field of a message: an int for a varint, bytes
+    otherwise; a truncated or malformed message is a ValueError."""
+    i, n = 0, len(buf)
+    try:
+        while i < n:
+            key, i = _read_varint(buf, i)
+            wire = key & 7
+            if wire == 0:
+                value, i = _read_varint(buf, i)
+            elif wire == 2:
+                length, i = _read_varint(buf, i)
+                value, i = buf[i:i + length], i + length
+            elif wire in (1, 5):
+                width = 8 if wire == 1 else 4
+                value, i = buf[i:i + width], i + width
+            else:
+                raise ValueError(f"wire type {wire}")
+            if i > n:
+                raise IndexError
+            yield key >> 3, wire, value
+    except IndexError:
+        raise ValueError("truncated tf.train.Example") from None
+
+
+def _int64(n: int) -> int:
+    return n - (1 << 64) if n >= 1 << 63 else n
+
+
+def _feature_values(feature: bytes) -> list:
+    """A ``Feature``'s values as TensorFlow's classes list them (floats widened from float32),
+    packed or not; the last kind present wins (a oneof); none: []."""
+    values: list = []
+    for kind, _, payload in _fields(feature):
+        if kind not in (1, 2, 3):
+            continue
+        values = []
+        for number, wire, v in _fields(payload):
+            if number != 1:
+                continue
+            if kind == 1:
+                values.append(bytes(v))
+            elif kind == 2:
+                values += np.frombuffer(v, "<f4").tolist()  # packed (wire 2) or one fixed32 (wire 5)
+            elif wire == 0:
+                values.append(_int64(v))
+            else:  # packed int64s
+                j = 0
+                while j < len(v):
+                    x, j = _read_varint(v, j)
+                    values.append(_int64(x))
+    return values
+
+
+def decode_example_py(serialized: bytes) -> dict:
+    """A serialized ``tf.train.Example`` -> ``{feature name: list of values}`` (bytes, int, float),
+    in plain Python: StatisticsGen's and BulkInferrer's Beam workers parse records without
+    importing TensorFlow (the writing side's reasons, above; tests/data/test_tfrecord_codec.py
+    checks it against TensorFlow's parser)."""
+    out: dict = {}
+    for number, wire, features in _fields(serialized):
+        if number != 1 or wire != 2:
+            continue
+        for entry_number, _, entry in _fields(features):
+            if entry_number != 1:
+                continue
+            name, feature = b"", b""
+            for field, _, value in _fields(entry):  # map entry: key = 1, value = 2
+                if field == 1:
+                    name = value
+                elif field == 2:
+                    feature = value
+            out[bytes(name).decode()] = _feature_values(feature)
     return out
 
 

@@ -120,3 +120,49 @@ def test_encode_example_of_a_pil_image_equals_that_of_its_array():
 
     arr = np.random.default_rng(1).integers(0, 255, (12, 20, 3), dtype=np.uint8)
     assert encode_example(Image.fromarray(arr), "k", "s" * 64, label=2) == encode_example(arr, "k", "s" * 64, label=2)
+
+
+def _tf_decoded(serialized: bytes) -> dict:
+    import tensorflow as tf
+
+    ex = tf.train.Example.FromString(serialized)
+    return {k: list(getattr(f, f.WhichOneof("kind")).value) for k, f in ex.features.feature.items()}
+
+
+@pytest.mark.parametrize("feats", [
+    {},
+    {"a": ("bytes", [])}, {"a": ("int64", [])}, {"a": ("float", [])},
+    {"a": ("bytes", [b"", b"x" * 200, bytes(range(256)) * 70])},
+    {"i": ("int64", [0, 1, -1, 127, 128, 300, 2**31, -2**31, 2**63 - 1, -2**63])},
+    {"f": ("float", [0.0, -0.0, 1.5, 1e-30, 3.4e38, float("inf"), float("-inf"), 0.1])},
+    {"z": ("int64", [3]), "b/x": ("bytes", [b"k"]), "a": ("float", [0.25, 0.5]), "\u00e9": ("bytes", [b"u"])},
+])
+def test_decode_example_py_equals_tensorflows_parser(feats):
+    from data.tfrecord import decode_example_py
+
+    serialized = tf_example(feats)
+    assert decode_example_py(serialized) == _tf_decoded(serialized)
+
+
+def test_decode_example_py_reads_unpacked_lists_and_refuses_truncated_records():
+    """Other writers may send int64 and float lists unpacked (one field per value) and fields in
+    another order; a cut record is an error, not a silently shorter one."""
+    import struct
+
+    from data.tfrecord import _field, _varint, decode_example_py
+
+    ints = b"".join(b"\x08" + _varint(v & 0xFFFFFFFFFFFFFFFF) for v in (5, -2))  # field 1, wire 0
+    floats = b"".join(b"\x0d" + struct.pack("<f", v) for v in (0.5, -1.25))  # field 1, wire 5
+    feature = {"i": _field(0x1A, ints), "f": _field(0x12, floats)}
+    entries = b"".join(_field(0x0A, _field(0x12, feature[k]) + _field(0x0A, k.encode())) for k in ("i", "f"))
+    assert decode_example_py(_field(0x0A, entries)) == {"i": [5, -2], "f": [0.5, -1.25]}
+    whole = tf_example({"a": ("bytes", [b"x" * 100])})
+    with pytest.raises(ValueError, match="truncated"):
+        decode_example_py(whole[:-10])
+
+
+def test_statistics_and_bulk_inference_decoding_imports_no_tensorflow():
+    code = ("import sys; from data.tfrecord import decode_example_py, encode_example; import numpy as np; "
+            "r = encode_example(np.zeros((4, 4, 3), np.uint8), 'k', 's', label=1); "
+            "assert decode_example_py(r)['image/key'] == [b'k']; assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
