@@ -117,14 +117,15 @@ def tune_worker_process() -> None:
     pipeline run only (one of Beam's SDK workers under ``multiprocess``, or a worker of the Dask
     LocalCluster started for the run) it does, once:
 
-    * ``gc.freeze()``: what is loaded by then (Beam, pandas, numpy, this project: ~500,000
-      objects) stays for the life of the process anyway; without it every full collection the
-      DoFns' allocations trigger walks all of it (ExampleGen's Load: 0.91 -> 0.83 ms an image).
+    * ``gc.freeze()``: what is loaded by then (Beam, pandas, numpy, this project: hundreds of
+      thousands of objects) stays for the life of the process anyway; without it every full
+      collection the DoFns' allocations trigger walks all of it (a tenth of ExampleGen's
+      per-image time in its workers, in a development measurement).
     * in an SDK worker, a quick exit: Beam's runner waits for its workers to exit one after the
-      other, and Python's teardown of a worker holding all that took 0.3-0.5 s each (a trivial
-      2-worker pipeline: 1.9 s, 1.1 s with this). When the harness returns normally the process
-      ends there (streams and logging flushed first); after an unhandled exception it exits as
-      usual, traceback and status kept.
+      other, and Python's teardown of a worker holding all that takes a large part of a second
+      each. When the harness returns normally the process ends there (streams and logging
+      flushed first); after an unhandled exception it exits as usual, traceback and status
+      kept.
 
     Anywhere else (this process under ``local``; a Dask worker of a cluster given by address,
     which outlives the run and whose later garbage a freeze would pin) it does nothing.
