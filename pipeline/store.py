@@ -209,16 +209,29 @@ class KeyLock:
         if self._fd is not None:
             return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            if self._still_at_path(fd):
+                break
+            # the holder we waited behind removed this file on release (and another run may lock
+            # a new one there): a lock on the removed file excludes nobody, so try the path again
             os.close(fd)
-            return False
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         self._fd = fd
         return True
+
+    def _still_at_path(self, fd: int) -> bool:
+        try:
+            here, there = os.fstat(fd), os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
     def holder(self) -> str:
         """'pid host' of the process holding it (for messages), or ''."""
@@ -228,9 +241,18 @@ class KeyLock:
             return ""
 
     def release(self) -> None:
+        """Removes the lock file (while still holding it, so that no one takes it meanwhile:
+        anyone who opened it before sees it gone and starts again), then drops the lock. A holder
+        killed before this leaves the file, which the next holder removes."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            os.close(fd)  # closing the descriptor drops the flock
+            try:
+                if self._still_at_path(fd):
+                    self.path.unlink()
+            except OSError:
+                pass  # left for the next holder
+            finally:
+                os.close(fd)  # closing the descriptor drops the flock
 
 
 def owner_alive(pid: int | None, started: float) -> bool:

@@ -41,3 +41,37 @@ def test_second_holder_is_refused_until_the_first_is_killed(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_release_removes_the_file_and_a_waiter_on_the_removed_file_does_not_hold_it(tmp_path, monkeypatch):
+    """No empty lock file is left per cache key. The race this opens: a waiter that opened the
+    file before the holder removed it gets a lock on a file no one else sees, while a newcomer
+    locks a new file at the path; the waiter must see that and compete for the new one."""
+    import fcntl
+
+    from pipeline import store as store_module
+
+    store = ArtifactStore(tmp_path)
+    first = store.key_lock("train", "k1")
+    assert first.try_acquire()
+    first.release()
+    assert not first.path.exists()
+
+    holder, newcomer, waiter = (store.key_lock("train", "k1") for _ in range(3))
+    assert holder.try_acquire()
+    real_flock, calls = fcntl.flock, []
+
+    def interleaved(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:  # the waiter has opened the old file: the holder leaves, a newcomer comes
+            holder.release()
+            assert newcomer.try_acquire()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(store_module.fcntl, "flock", interleaved)
+    assert waiter.try_acquire() is False  # it locked the removed file, saw it, and found the new one taken
+    monkeypatch.setattr(store_module.fcntl, "flock", real_flock)
+    newcomer.release()
+    assert waiter.try_acquire() is True
+    waiter.release()
+    assert not waiter.path.exists()
