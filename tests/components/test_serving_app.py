@@ -1,7 +1,9 @@
 """The ASGI guard in front of MLflow's scoring-server app (components.serving._RequestGuard), on
 stand-in apps (no model, no server process): MLflow's request timeout (504 when no answer started
 in time), the body limit of a chunked body (413, nothing of it reaching the app), the replayed
-body the app reads, and the 415 of a POST without Content-Type."""
+body the app reads, and the 415 of a POST without Content-Type. The model wrapper
+(components.serving._StrictPixels) on a small saved model: its direct call of the SavedModel gives
+MLflow's predictions and errors. A server dies with the process that started it."""
 from __future__ import annotations
 
 import asyncio
@@ -113,3 +115,45 @@ def test_a_server_dies_with_the_process_that_started_it(tmp_path):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
         except (OSError, ValueError):
             pass
+
+
+def test_the_model_wrapper_calls_the_savedmodel_directly_with_mlflows_predictions_and_errors(tmp_path):
+    """_StrictPixels calls the SavedModel's serving function itself (not MLflow's pyfunc predict):
+    the same predictions for JSON-like and Parquet batches; a batch of the wrong shape still goes
+    MLflow's way and gets its error; a model the direct call does not fit is served MLflow's way."""
+    import io
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    from components.artifacts import ModelInfo
+    from components.serving import _StrictPixels, encode_batch_parquet, log_kwargs
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3), dtype="uint8", name="image")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255.0)(inp))
+    net = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    info = ModelInfo(model="signs_cnn", task="classification", classes=["a", "b", "c"], image_size=[16, 16])
+    mlflow.keras.save_model(net, str(tmp_path / "m"), **log_kwargs(net, info))
+    pyfunc = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    model = _StrictPixels(pyfunc)
+    assert model._serve is not None  # the direct call applies to what the Pusher registers
+    batch = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    expected = pyfunc.predict(batch)
+    for got in (model.predict(batch), model.predict(batch.astype(np.int64)),
+                model.predict(pd.read_parquet(io.BytesIO(encode_batch_parquet(batch))))):
+        assert isinstance(got, np.ndarray) and got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-6
+    with pytest.raises(MlflowException, match="shape"):
+        model.predict(np.zeros((1, 8, 8, 3), np.uint8))
+    # a model saved without the SavedModel export (a .keras file): MLflow's own path, same answers
+    mlflow.keras.save_model(net, str(tmp_path / "k"), **{**log_kwargs(net, info), "save_exported_model": False})
+    plain = _StrictPixels(mlflow.pyfunc.load_model(str(tmp_path / "k")))
+    assert plain._serve is None
+    assert np.abs(plain.predict(batch) - expected).max() <= 1e-5
