@@ -16,9 +16,10 @@ in-process ``predict`` images/s (the Keras model, as ``python -m pipeline predic
 ratio >= 0.5), both measured the same way: the same uint8 batches, ``--ratio-requests`` of them per
 round, one caller (one client connection / one thread) and then two, ``--ratio-rounds`` rounds
 alternating between the sides so both see the same machine, medians over the rounds. Also the
-served folder's pyfunc model called in this process (the server's model without the server), and
-the client's encoding cost per batch on its own (request bodies are encoded beforehand, as in the
-load test). ``os.getloadavg()`` before and after (other jobs share the machine: it waits up to
+served folder's pyfunc model called in this process (MLflow's model call without the server), the
+server's own model wrapper called in this process (its direct SavedModel call: the server's model
+call without the server), and the client's encoding cost per batch on its own (request bodies are
+encoded beforehand, as in the load test). ``os.getloadavg()`` before and after (other jobs share the machine: it waits up to
 ``--wait-load`` seconds for the 1-minute load to drop under ``--max-load`` first).
 Results: benchmarks/results/serving.json.
 """
@@ -230,10 +231,14 @@ def main(argv=None) -> dict:
                 model = load_model(art.keras_path)
             import mlflow
 
-            pyfunc = mlflow.pyfunc.load_model(str(folder))  # what the server runs, here in-process
+            from components.serving import _StrictPixels
+
+            pyfunc = mlflow.pyfunc.load_model(str(folder))  # what the server loads, here in-process
+            served_call = _StrictPixels(pyfunc)  # the server's model wrapper: its direct SavedModel call
             for x in batches[:2]:
                 model.predict_on_batch(x)  # warm-up
                 pyfunc.predict(x)
+                served_call.predict(x)
             n = args.ratio_requests
             load_at_ratio = os.getloadavg()
             rounds: dict[str, list] = {}
@@ -246,6 +251,7 @@ def main(argv=None) -> dict:
                     rounds.setdefault(f"parquet_{c}", []).append(
                         load_level(server.url, big["parquet"], n, c, b, server, PARQUET, sample_rss=False))
                 rounds.setdefault("pyfunc_1", []).append(local_level(pyfunc.predict, batches, n, 1))
+                rounds.setdefault("served_call_1", []).append(local_level(served_call.predict, batches, n, 1))
             # JSON is ~100x slower: one round of fewer requests
             rounds["json_1"] = [load_level(server.url, big["json"], max(5, n // 10), 1, b, server, "application/json",
                                            sample_rss=False)]
@@ -270,8 +276,13 @@ def main(argv=None) -> dict:
             "in_process_images_per_s": local_1,
             "in_process_rounds_images_per_s": [r["images_per_s"] for r in rounds["in_process_1"]],
             "in_process_pyfunc_images_per_s": median_ips(rounds["pyfunc_1"]),
-            "in_process_pyfunc": "mlflow.pyfunc.load_model(the served folder).predict in this process: the "
-                                 "server's model without the server",
+            "in_process_pyfunc": "mlflow.pyfunc.load_model(the served folder).predict in this process: MLflow's "
+                                 "own model call, without the server",
+            "in_process_served_call_images_per_s": median_ips(rounds["served_call_1"]),
+            "in_process_served_call": "the server's model wrapper (components.serving._StrictPixels, its direct "
+                                      "SavedModel call) on the same loaded model in this process: the server's model "
+                                      "call without the server",
+            "served_call_direct": served_call._serve is not None,
             "client_encode_ms_per_batch": encode_ms,
             "json": served("json_1", local_1),
             "parquet": served("parquet_1", local_1),
@@ -285,7 +296,8 @@ def main(argv=None) -> dict:
         for wire in ("json", "parquet"):
             r = result["ratio"][wire]
             print(f"batch {b} {wire}: served {r['served_images_per_s']} images/s, in-process {local_1} images/s "
-                  f"(pyfunc {result['ratio']['in_process_pyfunc_images_per_s']}), ratio {r['served_over_in_process']} "
+                  f"(pyfunc {result['ratio']['in_process_pyfunc_images_per_s']}, the server's model call "
+                  f"{result['ratio']['in_process_served_call_images_per_s']}), ratio {r['served_over_in_process']} "
                   f"(target >= 0.5); client encoding {encode_ms[wire]} ms/batch")
         r2 = result["ratio"]["two_callers"]["parquet"]
         r4 = result["ratio"]["four_connections"]["parquet"]
