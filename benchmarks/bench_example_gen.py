@@ -17,6 +17,9 @@ the loop as for ExampleGen), write TFRecords.
   (the pipeline's default beam args). It also groups by sha256 for duplicate detection and
   writes its reports, which the loop does not.
 * ``loop``: one Python loop, one ``tf.io.TFRecordWriter``.
+* ``loop.ceiling``: the same loop in one forked process per core, the images dealt round-robin
+  (no engine at all): the most these cores give this work, against which an engine's ratio to
+  the loop is read (``targets.ceiling_vs_loop``).
 * Beam start-up: ExampleGen on a tiny copy (``--tiny`` images, symlinks into the same dataset)
   after a warm-up run (so TensorFlow and Beam are already imported); the fixed cost is the
   tiny run's time minus its per-image share, and the steady-state rate is
@@ -102,6 +105,23 @@ def single_process_loop(images: list[tuple[Path, str]], out_file: Path, size=(64
             wr.write(encode_example(arr, f"{cls}/{p.name}", sha, label=index[cls], label_name=cls))
             ok += 1
     return {"written": ok, "bad": bad}
+
+
+def _loop_part(job) -> dict:
+    images, out_file = job
+    return single_process_loop(images, Path(out_file))
+
+
+def parallel_loop(images: list[tuple[Path, str]], out_dir: Path, processes: int) -> dict:
+    """The ceiling: the same loop, the images dealt round-robin to ``processes`` forked copies of
+    this process (each with its own TFRecord file), no engine at all. What these cores give this
+    work when nothing else runs; an engine's ratio is read against it."""
+    import multiprocessing
+
+    parts = [(images[i::processes], str(out_dir / f"part{i}.tfrecord")) for i in range(processes)]
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        done = pool.map(_loop_part, parts)
+    return {"written": sum(d["written"] for d in done), "bad": sum(d["bad"] for d in done)}
 
 
 def _timed(fn):
@@ -265,6 +285,17 @@ def bench_set(label: str, root: Path, engines: dict[str, tuple[str, int]], args,
             **loops[0]["result"], **quiet,
             "loadavg_after": os.getloadavg()}
     print(f"  {'loop':15s} {n} images {loop_wall:.1f}s ({n / loop_wall:.0f} images/s)", flush=True)
+    ceiling_dir = work / f"{label}_ceiling"
+    ceiling_dir.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    ceil = [_measured(lambda: parallel_loop(images, ceiling_dir, cores)) for _ in range(args.repeats)]
+    ceil_wall = statistics.median(x["wall_s"] for x in ceil)
+    loop["ceiling"] = {"processes": cores, "median_s": ceil_wall, "times_s": [x["wall_s"] for x in ceil],
+                       "images_per_s": n / ceil_wall, "ratio_vs_loop": loop_wall / ceil_wall,
+                       "cpu_over_wall": statistics.median(x["cpu_over_wall"] for x in ceil),
+                       "note": "the same loop in one forked process per core (no engine): the most these cores give"}
+    print(f"  {'loop x ' + str(cores):15s} {n} images {ceil_wall:.1f}s ({n / ceil_wall:.0f} images/s, "
+          f"{loop_wall / ceil_wall:.2f}x the loop: the ceiling)", flush=True)
     runs = {name: bench_engine(name, _beam(*eng), root, tiny_dir, n, n_tiny, work / label, args, loop["images_per_s"])
             for name, eng in engines.items()}
     print(f"\n{label}: {n} images")
@@ -287,6 +318,8 @@ def _targets(big: dict) -> dict:
     out = {}
     best = max(runs, key=lambda k: runs[k]["images_per_s"])
     best_steady = max(runs, key=lambda k: runs[k]["steady_images_per_s"])
+    ceiling = big["loop"].get("ceiling", {}).get("ratio_vs_loop")
+    out["ceiling_vs_loop"] = ceiling  # the loop forked over every core: the most an engine could reach
     out["best_vs_loop"] = {"target": 1.5, "engine": best, "ratio": runs[best]["ratio_vs_loop"],
                            "met": runs[best]["ratio_vs_loop"] >= 1.5, "steady_engine": best_steady,
                            "steady_ratio": runs[best_steady]["steady_ratio_vs_loop"],

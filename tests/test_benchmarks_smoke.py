@@ -80,6 +80,28 @@ def test_example_gen_helpers(tmp_path):
     assert n == 2 and sorted(p.parent.name for p in (tmp_path / "tiny").rglob("*.jpg")) == ["0", "1"]
 
 
+def test_example_gen_ceiling_writes_every_image_once_over_forked_loops(tmp_path):
+    """The ceiling (the loop forked over N processes) does the loop's work: each image written
+    once, the bad one counted once."""
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    from benchmarks.bench_example_gen import list_images, parallel_loop
+
+    root = tmp_path / "ds"
+    for i in range(7):
+        (root / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), i * 20, np.uint8)).save(root / str(i % 2) / f"{i}.png")
+    (root / "1" / "bad.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert parallel_loop(list_images(root), out, 2) == {"written": 7, "bad": 1}
+    keys = sorted(tf.train.Example.FromString(r.numpy()).features.feature["image/key"].bytes_list.value[0].decode()
+                  for r in tf.data.TFRecordDataset(sorted(str(f) for f in out.glob("*.tfrecord"))))
+    assert keys == sorted(f"{i % 2}/{i}.png" for i in range(7))
+
+
 def test_example_gen_skips_without_dataset(tmp_path, capsys):
     from benchmarks.bench_example_gen import main
 
