@@ -180,7 +180,7 @@ def _feature_values(feature: bytes) -> list:
             if number != 1:
                 continue
             if kind == 1:
-                values.append(bytes(v))
+                values.append(v)
             elif kind == 2:
                 values += np.frombuffer(v, "<f4").tolist()  # packed (wire 2) or one fixed32 (wire 5)
             elif wire == 0:
@@ -211,7 +211,7 @@ def decode_example_py(serialized: bytes) -> dict:
                     name = value
                 elif field == 2:
                     feature = value
-            out[bytes(name).decode()] = _feature_values(feature)
+            out[name.decode()] = _feature_values(feature)
     return out
 
 

@@ -172,3 +172,29 @@ def test_real_signs_folder_counts_and_leaks(tmp_path):
     assert m["leak_groups"] == 12  # 9 test<->train + 3 test<->val, per the dataset's README
     assert m["examples_test"] == 120 - m["dropped_duplicates"]
     assert m["examples_train"] == 1080
+
+
+def test_scratch_removal_beside_the_reports_fails_the_component_only_when_they_succeeded(tmp_path, monkeypatch):
+    """The spill folder is deleted while the reports are written: gone afterwards; a failure to
+    delete it fails the component; a failure of the reports themselves is not masked by it."""
+    import shutil
+
+    from components.example_gen import _removed_meanwhile
+
+    scratch = tmp_path / "scratch"
+    (scratch / "spill").mkdir(parents=True)
+    (scratch / "spill" / "b0.tfrecord").write_bytes(b"x" * 1000)
+    with _removed_meanwhile(scratch):
+        pass
+    assert not scratch.exists()
+
+    def refuse(path, *a, **k):
+        raise PermissionError(f"cannot remove {path}")
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    with pytest.raises(ComponentError, match="could not remove its scratch folder"):
+        with _removed_meanwhile(scratch):
+            pass
+    with pytest.raises(ValueError, match="the reports' own error"):
+        with _removed_meanwhile(scratch):
+            raise ValueError("the reports' own error")
