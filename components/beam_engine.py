@@ -7,7 +7,7 @@ that behaves the same on every engine.
 | runner       | Beam options                                                                  | started for the run |
 |--------------|-------------------------------------------------------------------------------|---------------------|
 | local        | ``--runner=FnApiRunner``                                                       | nothing: this process |
-| multiprocess | ``--runner=FnApiRunner --direct_num_workers=N --direct_running_mode=multi_processing`` | N SDK worker processes (Beam's own) |
+| multiprocess | ``--runner=FnApiRunner --direct_num_workers=N`` (+ ``--direct_running_mode=multi_processing`` where workers start cold) | N SDK worker processes, forked from a warm zygote on Linux (components/beam_worker_pool.py); elsewhere, or with ``--direct_running_mode`` in ``beam.args``, Beam's own cold workers |
 | dask         | ``--runner=apache_beam.runners.dask.dask_runner.DaskRunner --dask_client_address=A`` | a ``distributed.LocalCluster`` of N worker processes unless ``address`` names a scheduler |
 | flink, spark, dataflow | ``--runner=FlinkRunner`` / ``SparkRunner`` / ``DataflowRunner``      | nothing (the cluster or service is yours) |
 
@@ -181,15 +181,49 @@ def open_pipeline(beam: dict, logger: logging.Logger | None = None, *, who: str 
             dask_address, dask_workers, line = _dask_scheduler(stack, workers, address, args, who)
         elif runner in _PORTABLE:
             _check_portable(runner, args, who)
+        opt_args = pipeline_args(beam, dask_address=dask_address, dask_workers=dask_workers)
+        fn_runner = None
+        if runner == "multiprocess" and _arg(args, "direct_running_mode") is None:
+            fn_runner, opt_args, line = _forked_workers_runner(opt_args, line)
         log.info("Beam: %s", line)
-        opts = PipelineOptions(pipeline_args(beam, dask_address=dask_address, dask_workers=dask_workers))
-        p = beam_sdk.Pipeline(options=opts)
+        p = beam_sdk.Pipeline(runner=fn_runner, options=PipelineOptions(opt_args))
         yield p
         result = p.run()
         client = getattr(result, "client", None)  # the DaskRunner's own Client: Beam never closes it
         if client is not None:
             stack.callback(client.close)
         result.wait_until_finish()
+
+
+class _NoWorkerModeWarning(logging.Filter):
+    """FnApiRunner warns that N workers want ``direct_running_mode`` multi_processing; with
+    forked workers the environment, not that mode, makes them processes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "direct_running_mode" not in record.getMessage()
+
+
+_FN_RUNNER_LOG = "apache_beam.runners.portability.fn_api_runner.fn_runner"
+
+
+def _forked_workers_runner(opt_args: list[str], line: str):
+    """(FnApiRunner whose SDK workers are forked from a warm process, the options without
+    Beam's running mode, the log line); unchanged where forked workers are unavailable
+    (components/beam_worker_pool.py says where and why)."""
+    from components import beam_worker_pool
+
+    command = beam_worker_pool.worker_command()
+    if command is None:
+        return None, opt_args, line
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    fn_log = logging.getLogger(_FN_RUNNER_LOG)
+    if not any(isinstance(f, _NoWorkerModeWarning) for f in fn_log.filters):
+        fn_log.addFilter(_NoWorkerModeWarning())
+    runner = FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
+    return (runner, [a for a in opt_args if a != "--direct_running_mode=multi_processing" and not
+                     a.startswith("--runner=")], f"{line}, workers forked from a warm process")
 
 
 def _project_on_pythonpath() -> None:
