@@ -54,6 +54,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -263,6 +264,9 @@ def bench_engine(name: str, beam: dict, root: Path, tiny_dir: Path, n: int, n_ti
         tiny.append(t)
         f = _measured(lambda: _run_example_gen(root, work / f"full{r}", args.max_bad_fraction, beam))
         full.append(f)
+        # each full run writes ~200 MB: left in place, a dozen of them grew the page cache and its
+        # writeback under the later engines' runs, which got slower run after run
+        shutil.rmtree(work / f"full{r}")
         print(f"  {name:15s} round {r + 1}: {n} images {f['wall_s']:.1f}s (cpu {f['cpu_total_s']:.1f}s = "
               f"{f['cpu_over_wall']:.2f} x wall), {n_tiny} images {t['wall_s']:.1f}s, trivial pipeline "
               f"{startup['wall_s']:.1f}s, load {os.getloadavg()[0]:.1f}", flush=True)
@@ -314,6 +318,8 @@ def bench_set(label: str, root: Path, engines: dict[str, tuple[str, int]], args,
                        "images_per_s": n / ceil_wall, "ratio_vs_loop": loop_wall / ceil_wall,
                        "cpu_over_wall": statistics.median(x["cpu_over_wall"] for x in ceil),
                        "note": "the same loop in one forked process per core (no engine): the most these cores give"}
+    shutil.rmtree(ceiling_dir)  # not left to weigh on the engines' runs (see bench_engine)
+    (work / f"{label}_loop.tfrecord").unlink()
     print(f"  {'loop x ' + str(cores):15s} {n} images {ceil_wall:.1f}s ({n / ceil_wall:.0f} images/s, "
           f"{loop_wall / ceil_wall:.2f}x the loop: the ceiling)", flush=True)
     runs = {name: bench_engine(name, _beam(*eng), root, tiny_dir, n, n_tiny, work / label, args, loop["images_per_s"])

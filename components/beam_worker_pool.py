@@ -26,6 +26,7 @@ fork-safe). Elsewhere, where the zygote cannot start, or where ``beam.args`` nam
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -161,8 +162,12 @@ def _serve(path: str) -> None:
     stdin = sys.stdin.fileno()
     while True:
         ready, _, _ = select.select([listener, stdin], [], [])
-        if stdin in ready and not os.read(stdin, 1024):
-            return  # the driver is gone
+        if stdin in ready and not os.read(stdin, 1024):  # the driver is gone (or stopped us)
+            listener.close()
+            with contextlib.suppress(OSError):  # its folder too: a driver that ended by os._exit left it
+                os.unlink(path)
+                os.rmdir(os.path.dirname(path))
+            return
         if listener in ready:
             conn, _ = listener.accept()
             try:

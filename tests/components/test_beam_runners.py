@@ -251,7 +251,15 @@ def test_bulk_inferrer_gives_the_same_predictions_on_every_engine(runs):
 
 
 @pytest.mark.slow
-def test_dask_local_cluster_runs_example_gen_and_is_closed_afterwards(runs, tmp_path):
+def test_dask_local_cluster_runs_example_gen_and_is_closed_afterwards(runs, tmp_path, monkeypatch):
+    # Dask's nannies set their workers' pre-spawn environment in this process: it must not stay
+    import dask
+
+    leaked = sorted(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    assert "MALLOC_TRIM_THRESHOLD_" in leaked
+    for key in leaked:
+        monkeypatch.setenv(key, "kept")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     before = children()
     run_single("ExampleGen", {}, {**SIGNS, "num_shards": 2}, tmp_path / "dask", beam=beam("dask", workers=2))
     left = {pid: cmd for pid, cmd in children().items() if pid not in before}
@@ -261,6 +269,9 @@ def test_dask_local_cluster_runs_example_gen_and_is_closed_afterwards(runs, tmp_
         "data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord"]
     log = (tmp_path / "dask" / "log.txt").read_text()
     assert "Beam: dask, LocalCluster of 2 workers" in log
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    assert {k: os.environ[k] for k in leaked if k in os.environ} == {k: "kept" for k in leaked
+                                                                       if k != "MALLOC_TRIM_THRESHOLD_"}
 
 
 # ----------------------------------------------------------------------------- worker tuning

@@ -97,16 +97,17 @@ def test_the_zygote_ends_with_its_process_and_on_stop(tmp_path):
         sys.path.insert(0, {str(beam_worker_pool.LAUNCHER.parents[1])!r})
         from components import beam_worker_pool
         beam_worker_pool.ensure_zygote()
-        print(beam_worker_pool._zygote.pid, flush=True)
+        print(beam_worker_pool._zygote.pid, beam_worker_pool._socket_path, flush=True)
         import os
         os._exit(0)  # no atexit hook: the zygote must notice on its own
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    pid = int(out.stdout.split()[0])
+    pid, sock = out.stdout.split()
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while _alive(int(pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(pid), "the zygote outlived the process that started it"
+    assert not _alive(int(pid)), "the zygote outlived the process that started it"
+    assert not os.path.exists(os.path.dirname(sock)), "the zygote left its socket folder"
 
     beam_worker_pool.ensure_zygote()
     mine = beam_worker_pool._zygote
