@@ -89,7 +89,7 @@ def ensure_zygote() -> str:
     with _lock:
         if _zygote is not None and _zygote.poll() is None:
             return _socket_path
-        folder = tempfile.mkdtemp(prefix="cnn-beam-zygote-")
+        folder = tempfile.mkdtemp(prefix="cnn-beam-zygote-")  # mode 0700: only this user can ask for a worker
         path = os.path.join(folder, "zygote.sock")
         root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
