@@ -298,8 +298,9 @@ def _environ_kept(stack: contextlib.ExitStack):
     """Dask's nannies run in this process and ``os.environ.update`` it with their workers'
     ``distributed.nanny.pre-spawn-environ`` (``MALLOC_TRIM_THRESHOLD_=65536``,
     ``OMP_NUM_THREADS=1``, ...) before each worker start, and never undo it: every process this
-    one started afterwards inherited them (Beam's SDK workers under ``multiprocess`` spent ~15%
-    more CPU per image, in system calls, after one Dask run). The workers keep them; in this
+    one started afterwards inherited them (Beam's SDK workers under ``multiprocess``, with
+    ``MALLOC_TRIM_THRESHOLD_=65536``, spent ~7% more CPU per image in a paired development
+    measurement). The workers keep them; in this
     process those keys are put back as they were once the cluster is up, and again when it is
     closed (a nanny restarting a worker sets them anew). Other keys are left alone: components
     running in other threads may set their own."""
