@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from components.base import ComponentError
+from components.beam_worker_pool import RUN_WORKER_ENV  # standard library only, nothing of ours
 
 RUNNERS = ("local", "multiprocess", "dask", "flink", "spark", "dataflow")
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
@@ -108,7 +109,6 @@ def describe(beam: dict) -> str:
 
 
 SDK_WORKER_MAIN = "apache_beam.runners.worker.sdk_worker_main"  # what multiprocess's workers run
-RUN_WORKER_ENV = "CNN_PIPELINE_RUN_WORKER"  # set in the workers of a LocalCluster started for one run
 _worker_tuned = False
 
 

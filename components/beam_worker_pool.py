@@ -39,6 +39,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+# set in a worker that lives for one pipeline run (a forked SDK worker here, a worker of the Dask
+# LocalCluster started for one run): beam_engine.tune_worker_process acts only there
+RUN_WORKER_ENV = "CNN_PIPELINE_RUN_WORKER"
 SOCKET_ENV = "CNN_PIPELINE_BEAM_ZYGOTE"  # the zygote's socket, in the driver's (so the launchers') environment
 # When set (benchmarks, tests): each forked worker appends "pid user_s system_s" (its own CPU and its
 # children's) to this file as it exits. Forked workers are the zygote's children, so the driver's
@@ -216,8 +219,6 @@ def _worker(conn: socket.socket, request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        from components.beam_engine import RUN_WORKER_ENV
-
         os.environ[RUN_WORKER_ENV] = "1"  # lives for one pipeline run: tune_worker_process applies
         from apache_beam.runners.worker import sdk_worker_main
 
