@@ -149,16 +149,16 @@ def _measured(fn) -> dict:
     components/beam_worker_pool.py forks are its zygote's, and log their CPU to a file)."""
     from components.beam_worker_pool import CPU_LOG_ENV, forked_workers_cpu
 
-    log = Path(tempfile.mkdtemp(prefix="bench_worker_cpu_")) / "cpu.log"
-    os.environ[CPU_LOG_ENV] = str(log)
+    fd, log = tempfile.mkstemp(prefix="bench_worker_cpu_", suffix=".log")
+    os.close(fd)
+    os.environ[CPU_LOG_ENV] = log
     k0 = _children_cpu()
     try:
         wall, cpu, out = _timed(fn)
     finally:
         del os.environ[CPU_LOG_ENV]
-    kids = _children_cpu() - k0 + forked_workers_cpu(str(log))
-    log.unlink(missing_ok=True)
-    log.parent.rmdir()
+    kids = _children_cpu() - k0 + forked_workers_cpu(log)
+    os.unlink(log)
     return {"wall_s": wall, "cpu_self_s": cpu, "cpu_children_s": kids, "cpu_total_s": cpu + kids,
             "cpu_over_wall": (cpu + kids) / wall if wall else float("nan"), "result": out}
 

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from components.base import ComponentError
-from components.beam_worker_pool import RUN_WORKER_ENV  # standard library only, nothing of ours
 
 RUNNERS = ("local", "multiprocess", "dask", "flink", "spark", "dataflow")
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
@@ -108,14 +107,16 @@ def describe(beam: dict) -> str:
             }.get(runner, f"{runner} ({_PORTABLE.get(runner)}, untested here) {' '.join(args)}".rstrip())
 
 
-SDK_WORKER_MAIN = "apache_beam.runners.worker.sdk_worker_main"  # what multiprocess's workers run
+SDK_WORKER_MAIN = "apache_beam.runners.worker.sdk_worker_main"  # what multiprocess's cold workers run
+RUN_WORKER_ENV = "CNN_PIPELINE_RUN_WORKER"  # set in the workers of a LocalCluster started for one run
 _worker_tuned = False
 
 
 def tune_worker_process() -> None:
     """Called from the components' ``DoFn.setup``. In a worker process that lives for one
-    pipeline run only (one of Beam's SDK workers under ``multiprocess``, or a worker of the Dask
-    LocalCluster started for the run) it does, once:
+    pipeline run only (one of Beam's cold SDK workers under ``multiprocess``, or a worker of the
+    Dask LocalCluster started for the run) it does, once (a forked SDK worker needs neither: its
+    zygote froze what it imported, and it leaves by ``os._exit``, components/beam_worker_pool.py):
 
     * ``gc.freeze()``: what is loaded by then (Beam, pandas, numpy, this project: hundreds of
       thousands of objects) stays for the life of the process anyway; without it every full

@@ -30,6 +30,8 @@ import contextlib
 import json
 import logging
 import os
+import select
+import shlex
 import signal
 import socket
 import struct
@@ -39,9 +41,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-# set in a worker that lives for one pipeline run (a forked SDK worker here, a worker of the Dask
-# LocalCluster started for one run): beam_engine.tune_worker_process acts only there
-RUN_WORKER_ENV = "CNN_PIPELINE_RUN_WORKER"
 SOCKET_ENV = "CNN_PIPELINE_BEAM_ZYGOTE"  # the zygote's socket, in the driver's (so the launchers') environment
 # When set (benchmarks, tests): each forked worker appends "pid user_s system_s" (its own CPU and its
 # children's) to this file as it exits. Forked workers are the zygote's children, so the driver's
@@ -75,13 +74,7 @@ def worker_command() -> str | None:
     except (OSError, RuntimeError) as e:
         _log.warning("Beam workers: could not start the worker zygote (%s); workers start cold", e)
         return None
-    return f"{_quote(sys.executable)} -I -S {_quote(str(LAUNCHER))}"
-
-
-def _quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
+    return f"{shlex.quote(sys.executable)} -I -S {shlex.quote(str(LAUNCHER))}"
 
 
 def ensure_zygote() -> str:
@@ -99,7 +92,8 @@ def ensure_zygote() -> str:
         env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
         proc = subprocess.Popen([sys.executable, "-m", "components.beam_worker_pool", path], cwd=root, env=env,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-        line = _read_line(proc, READY_TIMEOUT_S)
+        ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT_S)
+        line = proc.stdout.readline() if ready else b""  # "ready\n" comes in one write, or EOF at a crash
         if line != b"ready\n":
             proc.kill()
             proc.wait()
@@ -124,14 +118,6 @@ def stop_zygote() -> None:
         os.environ.pop(SOCKET_ENV, None)
 
 
-def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
-    out: list[bytes] = []
-    reader = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return out[0] if out else b""
-
-
 def _stop(proc: subprocess.Popen, folder: str) -> None:
     import shutil
 
@@ -147,7 +133,6 @@ def _stop(proc: subprocess.Popen, folder: str) -> None:
 def _serve(path: str) -> None:
     import gc
     import importlib
-    import select
 
     for name in PRELOAD:
         importlib.import_module(name)
@@ -218,8 +203,7 @@ def _worker(conn: socket.socket, request: dict, fds: list[int]) -> None:
             os.close(fd)
         os.chdir(request["cwd"])
         os.environ.clear()
-        os.environ.update(request["env"])
-        os.environ[RUN_WORKER_ENV] = "1"  # lives for one pipeline run: tune_worker_process applies
+        os.environ.update(request["env"])  # (tune_worker_process has nothing left to do: frozen, os._exit below)
         from apache_beam.runners.worker import sdk_worker_main
 
         sdk_worker_main.main([])
