@@ -121,3 +121,22 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_malformed_request_to_the_zygote_is_refused_and_the_next_worker_still_forks(tmp_path):
+    import socket
+
+    path = beam_worker_pool.ensure_zygote()
+    zygote = beam_worker_pool._zygote.pid
+    for junk in (b"", b"not a length and no file descriptors"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)
+            try:  # closed without a worker: no exit status comes back (a reset, where junk was left unread)
+                answer = s.recv(4)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""
+    assert beam_worker_pool._zygote.poll() is None
+    assert set(_worker_parents(SETTINGS, tmp_path).values()) == {zygote}
